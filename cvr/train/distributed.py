@@ -1,0 +1,80 @@
+"""Every Horovod call of the project lives here; the trainer only sees this small interface.
+
+A torch.distributed backend can be added beside it with the same functions (design.md).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+
+class Horovod:
+    """Thin wrapper over horovod.torch; works as a 1-rank world when not launched by horovodrun."""
+
+    def __init__(self) -> None:
+        import horovod.torch as hvd
+
+        hvd.init()
+        self.hvd = hvd
+        self.rank = hvd.rank()
+        self.size = hvd.size()
+        self.local_rank = hvd.local_rank()
+        self.local_size = hvd.local_size()
+
+    @property
+    def is_chief(self) -> bool:
+        return self.rank == 0
+
+    def device(self) -> torch.device:
+        """CUDA (one GPU per local rank) when present; else CPU with the cores split between local ranks."""
+        if torch.cuda.is_available():
+            torch.cuda.set_device(self.local_rank % torch.cuda.device_count())
+            return torch.device("cuda", self.local_rank % torch.cuda.device_count())
+        return torch.device("cpu")
+
+    def set_threads(self, threads_per_rank: int = 0) -> int:
+        if threads_per_rank <= 0:
+            threads_per_rank = max(1, (os.cpu_count() or 1) // self.local_size)
+        torch.set_num_threads(threads_per_rank)
+        return threads_per_rank
+
+    def distributed_optimizer(self, optimizer, model, sparse_as_dense: bool):
+        if self.size == 1:
+            return optimizer
+        return self.hvd.DistributedOptimizer(
+            optimizer, named_parameters=model.named_parameters(), sparse_as_dense=sparse_as_dense
+        )
+
+    def broadcast_state(self, model, optimizer) -> None:
+        self.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+        self.hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+
+    def broadcast_object(self, obj, name: str):
+        return self.hvd.broadcast_object(obj, root_rank=0, name=name) if self.size > 1 else obj
+
+    def mean(self, value: float, name: str) -> float:
+        if self.size == 1:
+            return float(value)
+        return float(self.hvd.allreduce(torch.tensor([float(value)]), op=self.hvd.Average, name=name).item())
+
+    def sum(self, value: float, name: str) -> float:
+        if self.size == 1:
+            return float(value)
+        return float(self.hvd.allreduce(torch.tensor([float(value)]), op=self.hvd.Sum, name=name).item())
+
+    def gather_columns(self, columns: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
+        """Concatenate every rank's numeric columns on every rank (shards may differ in length)."""
+        if self.size == 1:
+            return columns
+        out = {}
+        for key in sorted(columns):
+            gathered = self.hvd.allgather(torch.from_numpy(np.ascontiguousarray(columns[key])), name=f"{name}.{key}")
+            out[key] = gathered.numpy()
+        return out
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            self.hvd.allreduce(torch.zeros(1), name="barrier")

@@ -1,0 +1,71 @@
+"""Petastorm reading: shard plans match what Petastorm delivers, fixed batches, clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from cvr.data import FeatureLayout, plan_shards
+from cvr.data.petastorm_reader import read_shard, training_batches
+
+
+@pytest.fixture
+def uneven_files(tmp_path):
+    files = []
+    for i, n in enumerate([2500, 7000, 1200]):
+        ids = np.arange(n, dtype=np.int64) + i * 100_000
+        table = pa.table({"f_a": ids, "f_b": ids % 7, "click": (ids % 3 == 0).astype(np.int32)})
+        path = tmp_path / f"part-{i}.parquet"
+        pq.write_table(table, path, row_group_size=1000)
+        files.append(str(path))
+    return files
+
+
+def test_plan_matches_rows_petastorm_reads_per_shard(uneven_files):
+    plan = plan_shards(uneven_files, shard_count=2, batch_size=256)
+    assert plan.row_groups == 3 + 7 + 2
+    seen = set()
+    for rank in range(2):
+        ids = np.concatenate([a["f_a"] for a in read_shard(plan.files, ["f_a"], rank, 2)])
+        assert len(ids) == plan.rows_per_shard[rank]
+        assert not seen & set(ids.tolist())  # shards are disjoint
+        seen |= set(ids.tolist())
+    assert len(seen) == 2500 + 7000 + 1200
+    assert plan.steps_per_epoch == min(plan.rows_per_shard) // 256
+
+
+def test_training_batches_are_fixed_size_and_stay_in_the_shard(uneven_files):
+    plan = plan_shards(uneven_files, shard_count=2, batch_size=256)
+    shard = set(np.concatenate([a["f_a"] for a in read_shard(plan.files, ["f_a"], 1, 2)]).tolist())
+    stream = training_batches(plan, ["f_a", "click"], rank=1, size=2, seed=3)
+    batches = [next(stream) for _ in range(3 * plan.steps_per_epoch)]  # wraps around the shard
+    stream.close()
+    assert all(len(b["f_a"]) == 256 for b in batches)
+    assert set(np.concatenate([b["f_a"] for b in batches]).tolist()) <= shard
+
+
+def test_fewer_row_groups_than_ranks_is_a_clear_error(tmp_path):
+    path = tmp_path / "one.parquet"
+    pq.write_table(pa.table({"f_a": np.arange(10)}), path)
+    with pytest.raises(ValueError, match="1 row groups for 2 ranks"):
+        plan_shards([str(path)], shard_count=2, batch_size=4)
+
+
+def test_layout_from_spec_and_tensors():
+    spec = {"fields": [{"name": "user", "buckets": 10}, {"name": "item", "buckets": 5}], "dense": [{"name": "price"}]}
+    layout = FeatureLayout.from_spec(spec)
+    arrays = {
+        "f_user": np.array([1, 2]),
+        "f_item": np.array([3, 4]),
+        "x_price": np.array([0.5, np.nan]),
+        "click": np.array([1, 0], dtype=np.int32),
+        "user_key": np.array([7, 8]),
+    }
+    batch = layout.to_tensors(arrays)
+    assert batch["sparse"].tolist() == [[1, 3], [2, 4]]
+    assert batch["dense"].tolist() == [[0.5], [0.0]]
+    assert batch["click"].dtype.is_floating_point
+    with pytest.raises(ValueError, match="fields"):
+        FeatureLayout.from_spec({"dense": []})

@@ -1,0 +1,122 @@
+"""Training end to end on a real Parquet features table: one process, two Horovod ranks, checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from train_fixtures import make_features_table
+
+from cvr.config import load_config
+from cvr.train import checkpoint as ckpt
+from cvr.train.api import evaluate_artifact, prepare_job, run_training
+from cvr.train.artifact import ARTIFACT_FILES
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def table_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("features")
+    make_features_table(root, days=3, rows_per_day=8000, row_group_rows=500, uneven=True)
+    return root
+
+
+def cfg_for(root, **train):
+    base = {"model": "esmm", "epochs": 2, "batch_size": 256, "lr": 0.003, "checkpoint_every_steps": 20}
+    return load_config(root=str(root), overrides={"train": {**base, **train}})
+
+
+def test_one_process_training_writes_an_artifact_that_reproduces_its_metrics(table_root, tmp_path):
+    result = run_training(cfg_for(table_root), output_dir=str(tmp_path / "esmm"))
+    for name in ARTIFACT_FILES:
+        assert (result.artifact_dir / name).is_file(), name
+    m = result.metrics
+    assert m["world_size"] == 1 and len(m["history"]) >= 1
+    assert m["ctr"]["auc"] > 0.65  # the fixture's click signal is strong
+    assert m["cvr"]["oracle_auc"] > 0.5 and "oracle_auc_all" in m["cvr"]
+    lineage = json.loads((result.artifact_dir / "lineage.json").read_text())
+    assert lineage["valid_days"] == ["2026-01-03"] and lineage["train_days"] == ["2026-01-01", "2026-01-02"]
+    assert lineage["features_table"]["files"] and lineage["code"]["git_commit"]
+    again = evaluate_artifact(cfg_for(table_root), result.artifact_dir)
+    for task in ("ctr", "cvr", "ctcvr"):
+        assert again[task]["auc"] == pytest.approx(m[task]["auc"], abs=1e-6)
+        assert again[task]["logloss"] == pytest.approx(m[task]["logloss"], rel=1e-5)
+
+
+def test_two_horovod_ranks_with_uneven_shards_finish_and_agree(table_root, tmp_path):
+    cfg = cfg_for(table_root, np=2, model="cl4cvr", epochs=1)
+    job = prepare_job(cfg)
+    from cvr.data import plan_shards
+
+    plan = plan_shards(job["train_files"], 2, 256)
+    assert max(plan.rows_per_shard) > 1.2 * min(plan.rows_per_shard)  # really uneven
+    result = run_training(cfg, output_dir=str(tmp_path / "cl"))
+    assert result.metrics["world_size"] == 2
+    assert result.metrics["steps"] == plan.steps_per_epoch
+    assert result.metrics["ctr"]["rows"] == 8000  # evaluation covered every validation row across ranks
+
+
+def test_corrupted_and_mismatched_checkpoints_are_clear_errors(tmp_path):
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.Adam(model.parameters())
+    path = ckpt.save_checkpoint(tmp_path, model=model, optimizer=opt, step=5, epoch=0, step_in_epoch=5,
+                                config_hash="aaa", best={})  # fmt: skip
+    assert ckpt.latest_checkpoint(tmp_path) == path
+    assert ckpt.load_checkpoint(path, "aaa")["step"] == 5
+    with pytest.raises(ckpt.CheckpointError, match="different configuration"):
+        ckpt.load_checkpoint(path, "bbb")
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ckpt.CheckpointError, match="corrupted"):
+        ckpt.load_checkpoint(path, "aaa")
+
+
+def _train_cmd(root, out, *extra):
+    return [str(BIN / "cvr"), "train", "--root", str(root), "--np", "2", "--epochs", "3", "--batch-size", "128",
+            "--output", str(out), *extra]  # fmt: skip
+
+
+def _worker_pids(out: Path) -> list[int]:
+    pids = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if "cvr.train.worker" in cmd and str(out) in cmd:
+            pids.append(proc.info["pid"])
+    return pids
+
+
+def test_sigkill_of_one_rank_then_resume_matches_an_uninterrupted_run(table_root, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("train:\n  checkpoint_every_steps: 15\n  lr: 0.003\n")
+    baseline = subprocess.run([*_train_cmd(table_root, tmp_path / "full"), "--config", str(config)],
+                              capture_output=True, text=True, timeout=400)  # fmt: skip
+    assert baseline.returncode == 0, baseline.stderr[-3000:]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([*_train_cmd(table_root, out), "--config", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "latest").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    pids = _worker_pids(out)
+    assert pids, "no training rank found to kill"
+    os.kill(pids[-1], signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0, "horovodrun must fail when a rank is killed"
+    assert not (out / "metrics.json").exists()
+    resumed = subprocess.run([*_train_cmd(table_root, out, "--resume"), "--config", str(config)],
+                             capture_output=True, text=True, timeout=400)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from ckpt-" in resumed.stderr
+    full = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    after = json.loads((out / "metrics.json").read_text())
+    assert after["steps"] == full["steps"]
+    assert abs(after["ctr"]["auc"] - full["ctr"]["auc"]) < 0.02
+    assert abs(after["cvr"]["auc"] - full["cvr"]["auc"]) < 0.05
