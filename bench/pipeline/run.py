@@ -1,0 +1,200 @@
+"""Pipeline speed benchmark: rows/second of simulate, build-samples and hash-features on local Spark, and the
+ratio of (build-samples + hash-features) time to a plain Spark read-and-write copy of the same impressions,
+measured in the same session (target: ratio <= 3).
+
+Stages run in order simulate -> copy baseline -> build-samples -> hash-features, each on every simulated day;
+the copy runs after simulate so that JVM warm-up is not charged to it. Also records process CPU seconds of
+the driver (the Spark JVM and Python workers are child processes: their CPU is in the children column).
+Writes bench/results/pipeline.json and prints a table.
+
+    .venv/bin/python bench/pipeline/run.py [--impressions 1000000] [--days 1] [--master local[*]] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent.parent
+sys.path.insert(0, str(REPO))
+RESULTS = REPO / "bench" / "results" / "pipeline.json"
+RATIO_TARGET = 3.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--impressions", type=int, default=1_000_000, help="impressions in total (split over --days)")
+    parser.add_argument("--days", type=int, default=1)
+    parser.add_argument("--master", default="local[*]")
+    parser.add_argument("--driver-memory", default="6g")
+    parser.add_argument("--shuffle-partitions", type=int, default=8)
+    parser.add_argument("--format", choices=["parquet", "delta"], default="parquet")
+    parser.add_argument("--config", help="base configuration file (e.g. conf/pipeline/default.yaml)")
+    parser.add_argument("--root", help="table root (default: a temporary folder, removed afterwards)")
+    parser.add_argument("--quick", action="store_true", help="200k impressions: checks that the benchmark runs")
+    parser.add_argument("--output", default=str(RESULTS))
+    return parser.parse_args(argv)
+
+
+class Clock:
+    """Wall and CPU seconds (this process and its finished children) of one timed block."""
+
+    def __enter__(self):
+        self.wall = time.perf_counter()
+        self.cpu = _cpu()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.wall
+        self.cpu_seconds = _cpu() - self.cpu
+
+
+def _cpu() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime
+
+
+def copy_impressions(spark, root: str, days: list[str]) -> int:
+    """The baseline: plain Spark read of the impressions partitions and a plain Parquet write of them."""
+    from cvr.storage import table_files, table_path
+
+    target = os.path.join(root, "bench_copy")
+    files = table_files(root, "impressions", ds=days)
+    df = spark.read.option("basePath", "file://" + table_path(root, "impressions")).parquet(*files)
+    df.write.mode("overwrite").partitionBy("ds").parquet("file://" + target)
+    return spark.read.parquet("file://" + target).count()
+
+
+def run(args: argparse.Namespace) -> dict:
+    from cvr.config import load_config
+    from cvr.pipeline.simulate_stage import run_simulate
+    from cvr.session import build_spark
+
+    impressions = 200_000 if args.quick else args.impressions
+    per_day = impressions // args.days
+    root = args.root or tempfile.mkdtemp(prefix="cvr-bench-pipeline-")
+    cfg = load_config(
+        args.config,
+        root=root,
+        overrides={
+            "spark": {
+                "master": args.master,
+                "driver_memory": args.driver_memory,
+                "shuffle_partitions": args.shuffle_partitions,
+            },
+            "storage": {"format": args.format},
+            "simulate": {"days": args.days, "impressions_per_day": per_day},
+        },
+    )
+    spark = build_spark(cfg.spark, app_name="cvr-bench-pipeline")
+    try:
+        stages = {}
+        with Clock() as clock:
+            report = run_simulate(spark, cfg)
+        days = report["days"]
+        stages["simulate"] = _stage(
+            clock,
+            report["tables"]["impressions"]["rows"],
+            extra={"rows_written": sum(t["rows"] for t in report["tables"].values())},
+        )
+
+        with Clock() as clock:
+            copied = copy_impressions(spark, root, days)
+        stages["copy_baseline"] = _stage(clock, copied)
+
+        stages["build_samples"] = _per_day(spark, cfg, days, "build")
+        stages["hash_features"] = _per_day(spark, cfg, days, "hash")
+    finally:
+        spark.stop()
+        if not args.root:
+            shutil.rmtree(root, ignore_errors=True)
+    pipeline_seconds = stages["build_samples"]["seconds"] + stages["hash_features"]["seconds"]
+    ratio = pipeline_seconds / stages["copy_baseline"]["seconds"]
+    return {
+        "what": "rows/second of each stage on local Spark; ratio = (build-samples + hash-features) / plain read+write copy of the impressions",
+        "setup": {
+            "impressions": impressions,
+            "days": args.days,
+            "master": args.master,
+            "cores": os.cpu_count(),
+            "format": args.format,
+            "driver_memory": args.driver_memory,
+            "shuffle_partitions": args.shuffle_partitions,
+            "config": args.config,
+            "malformed_rate": cfg.simulate.malformed_rate,
+            "attribution_window_days": cfg.samples.attribution_window_days,
+        },
+        "machine": {
+            "python": platform.python_version(),
+            "processor": platform.machine(),
+            "load_average": os.getloadavg(),
+        },
+        "stages": stages,
+        "ratio_to_copy": round(ratio, 3),
+        "ratio_target": RATIO_TARGET,
+        "ratio_met": ratio <= RATIO_TARGET,
+    }
+
+
+def _per_day(spark, cfg, days: list[str], which: str) -> dict:
+    """Run build-samples or hash-features for every day; rows = rows written (samples or features)."""
+    from cvr.pipeline.stages import run_build_samples, run_hash_features
+
+    stage_fn = run_build_samples if which == "build" else run_hash_features
+    seconds = cpu = 0.0
+    rows = input_rows = 0
+    for ds in days:
+        with Clock() as clock:
+            report = stage_fn(spark, cfg, ds)
+        seconds += clock.seconds
+        cpu += clock.cpu_seconds
+        rows += int(report["output"]["rows"])
+        input_rows += sum(int(c.get("input", 0)) for c in report.get("counts", {}).values() if isinstance(c, dict))
+    stage = {"seconds": round(seconds, 3), "driver_cpu_seconds": round(cpu, 3), "rows": rows}
+    stage["rows_per_second"] = round(rows / seconds, 1) if seconds else None
+    if input_rows:
+        stage["input_rows"] = input_rows
+    return stage
+
+
+def _stage(clock: Clock, rows: int, extra: dict | None = None) -> dict:
+    stage = {"seconds": round(clock.seconds, 3), "driver_cpu_seconds": round(clock.cpu_seconds, 3), "rows": rows}
+    stage["rows_per_second"] = round(rows / clock.seconds, 1)
+    return stage | (extra or {})
+
+
+def print_table(result: dict) -> None:
+    print(
+        f"pipeline benchmark: {result['setup']['impressions']:,} impressions, {result['setup']['master']}, {result['setup']['format']}"
+    )
+    print(f"{'stage':<16}{'rows':>12}{'seconds':>10}{'rows/s':>12}")
+    for name, stage in result["stages"].items():
+        print(f"{name:<16}{stage['rows']:>12,}{stage['seconds']:>10.1f}{stage['rows_per_second']:>12,.0f}")
+    verdict = "met" if result["ratio_met"] else "NOT met"
+    print(
+        f"(build-samples + hash-features) / copy = {result['ratio_to_copy']:.2f} (target <= {RATIO_TARGET}: {verdict})"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    args = parse_args(argv)
+    result = run(args)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    print_table(result)
+    print(f"wrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Pure DataFrame transforms: simulate, ingest, samples, features (hashing). IO lives in cvr.storage."""

@@ -1,0 +1,195 @@
+"""Pipeline stages: read tables, run a pure transform, write the table, its quarantine rows and a JSON report.
+
+Reports go to <root>/reports/<stage>/<ds>.json. Quarantine rows go to one table per job
+(quarantine_build_samples, quarantine_ingest_aliccp; schema schemas/quarantine.yaml) so that re-running one
+job's day replaces only that job's rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from pyspark import StorageLevel
+
+from cvr.config import CONF_DIR, Config
+from cvr.pipeline import aliccp, hashing, samples
+from cvr.storage import enforce, list_partitions, read_table, spark_schema, table_exists, table_path, write_json_atomic
+from cvr.storage import write_partitions as _write_partitions
+
+log = logging.getLogger(__name__)
+EVENT_TABLES = ("clicks", "behaviours", "conversions")
+
+
+class StageInputError(RuntimeError):
+    """A stage's input table or partition is missing; the message names the table, path and ds."""
+
+
+def report_path(cfg: Config, stage: str, ds: str) -> str:
+    return os.path.join(str(cfg.root), "reports", stage, f"{ds}.json")
+
+
+def _days(ds: str, first_offset: int, last_offset: int) -> list[str]:
+    day = _parse_ds(ds)
+    return [(day + dt.timedelta(days=k)).isoformat() for k in range(first_offset, last_offset + 1)]
+
+
+def _parse_ds(ds: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(ds)
+    except ValueError as exc:
+        raise StageInputError(f"--ds: expected a date YYYY-MM-DD, got {ds!r}") from exc
+
+
+def _write(cfg: Config, df, name: str) -> dict:
+    s = cfg.storage
+    return _write_partitions(df, s.root, name, s.format, s.row_group_rows, s.max_rows_per_file)
+
+
+def _read_days(spark, cfg: Config, name: str, days: list[str]):
+    """Partitions `days` of table `name` that exist, enforced to its schema; empty when the table is absent."""
+    root = cfg.storage.root
+    if not table_exists(root, name):
+        return spark.createDataFrame([], spark_schema(name)), []
+    present = sorted(set(days) & set(list_partitions(root, name)))
+    df = read_table(spark, root, name, ds=present) if present else spark.createDataFrame([], spark_schema(name))
+    return enforce(df, name, extra="drop"), present
+
+
+def _finish(cfg: Config, stage: str, ds: str, report: dict, started: float) -> dict:
+    report["seconds"] = round(time.time() - started, 3)
+    report["report_path"] = report_path(cfg, stage, ds)
+    write_json_atomic(report["report_path"], report)
+    log.info("%s ds=%s: %s", stage, ds, report)
+    return report
+
+
+def _write_quarantine(cfg: Config, quarantine_df, job: str) -> dict:
+    # An empty DataFrame writes nothing, so a clean re-run leaves an earlier run's rows of that ds in place.
+    return _write(cfg, enforce(quarantine_df, "quarantine"), f"quarantine_{job.replace('-', '_')}")
+
+
+def run_build_samples(spark, cfg: Config, ds: str) -> dict:
+    """Build the samples partition `ds` from impressions of ds (context: ds-W-1..ds+W) and events of ds..ds+W."""
+    started = time.time()
+    window = cfg.samples.attribution_window_days
+    imp_days = _days(ds, -window - 1, window)
+    impressions, imp_present = _read_days(spark, cfg, "impressions", imp_days)
+    if ds not in imp_present:
+        raise StageInputError(f"build-samples: table 'impressions' has no partition ds={ds} at {table_path(cfg.storage.root, 'impressions')}; run `cvr simulate` (or load the logs) first")  # fmt: skip
+    event_days = _days(ds, 0, window)
+    events, read = {}, {"impressions": imp_present}
+    for name in EVENT_TABLES:
+        events[name], read[name] = _read_days(spark, cfg, name, event_days)
+    persisted = []
+
+    def keep(df):
+        persisted.append(df.persist(StorageLevel.MEMORY_AND_DISK))
+        return df
+
+    classified = samples.classify_all(
+        impressions, events["clicks"], events["behaviours"], events["conversions"],
+        ds=ds, window_days=window, max_skew_seconds=cfg.samples.max_clock_skew_seconds, reuse=keep,
+    )  # fmt: skip
+    # Counts, samples and quarantine all derive from the classified rows: classify once, not three times.
+    classified = {name: keep(df) for name, df in classified.items()}
+    steps = {}
+    try:
+        tick = time.time()
+        counts = samples.counts_by_status(classified)
+        unbalanced = samples.check_identity(counts)
+        if unbalanced:
+            raise RuntimeError(f"build-samples ds={ds}: row accounting does not balance: {unbalanced}")
+        steps["classify_and_count"], tick = round(time.time() - tick, 3), time.time()
+        written = _write(cfg, enforce(samples.samples_from(classified, ds), "samples"), cfg.samples.table)
+        steps["write_samples"], tick = round(time.time() - tick, 3), time.time()
+        quarantine = _write_quarantine(cfg, samples.quarantine_from(classified, ds), samples.JOB)
+        steps["write_quarantine"] = round(time.time() - tick, 3)
+    finally:
+        for df in persisted:
+            df.unpersist()
+    report = {
+        "stage": "build-samples",
+        "ds": ds,
+        "window_days": window,
+        "partitions_read": read,
+        "counts": counts,
+        "output": written,
+        "quarantine": quarantine,
+        "step_seconds": steps,
+    }
+    return _finish(cfg, "build-samples", ds, report, started)
+
+
+def resolve_spec_path(spec: str) -> Path:
+    """A spec path as given, else relative to the repository (so `conf/features/...` works from anywhere)."""
+    path = Path(spec)
+    if path.is_file() or path.is_absolute():
+        return path
+    in_repo = CONF_DIR.parent / path
+    return in_repo if in_repo.is_file() else path
+
+
+def saved_spec_path(cfg: Config, table: str | None = None) -> Path:
+    return Path(table_path(cfg.storage.root, table or cfg.features.table)) / hashing.SPEC_FILE_NAME
+
+
+def _check_saved_spec(path: Path, spec: hashing.HashingSpec) -> None:
+    """Refuse to mix two hashing specs in one table: ids of different specs are not comparable."""
+    if not path.is_file():
+        return
+    saved = hashing.spec_from_json_text(path.read_text(), str(path))
+    if saved.digest() != spec.digest():
+        raise hashing.HashingSpecError(f"{spec.source}: spec digest {spec.digest()} differs from the spec the table was hashed with ({path}, digest {saved.digest()}); write to another table (features.table) or remove the old one")  # fmt: skip
+
+
+def run_hash_features(spark, cfg: Config, ds: str) -> dict:
+    """Hash samples partition `ds` into the features table and save the hashing spec beside it."""
+    started = time.time()
+    _parse_ds(ds)
+    spec = hashing.load_spec(resolve_spec_path(cfg.features.spec))
+    source, target = cfg.features.samples_table, cfg.features.table
+    root = cfg.storage.root
+    if not table_exists(root, source) or ds not in list_partitions(root, source):
+        raise StageInputError(f"hash-features: table '{source}' has no partition ds={ds} at {table_path(root, source)}; run build-samples (or ingest-aliccp) first")  # fmt: skip
+    spec_file = saved_spec_path(cfg, target)
+    _check_saved_spec(spec_file, spec)
+    samples_df = read_table(spark, root, source, ds=ds)
+    features = enforce(hashing.hash_features(samples_df, spec), "features")
+    written = _write(cfg, features, target)
+    write_json_atomic(spec_file, json.loads(hashing.spec_to_json(spec)))
+    report = {
+        "stage": "hash-features",
+        "ds": ds,
+        "spec": spec.source,
+        "spec_digest": spec.digest(),
+        "spec_path": str(spec_file),
+        "input_table": source,
+        "output": written,
+    }
+    return _finish(cfg, "hash-features", ds, report, started)
+
+
+def run_ingest_aliccp(spark, cfg: Config, skeleton: str, common: str, ds: str) -> dict:
+    """Raw Ali-CCP files -> the aliccp samples table partition `ds` (+ quarantine rows and a report)."""
+    started = time.time()
+    _parse_ds(ds)
+    for label, path in (("--skeleton", skeleton), ("--common", common)):
+        if "://" not in path and not os.path.exists(path):
+            raise StageInputError(f"ingest-aliccp {label}: file not found: {path}")
+    samples_df, quarantine_df, counts = aliccp.ingest_aliccp(
+        aliccp.read_lines(spark, skeleton), aliccp.read_lines(spark, common), ds
+    )
+    report = {
+        "stage": "ingest-aliccp",
+        "ds": ds,
+        "inputs": {"skeleton": skeleton, "common": common},
+        "counts": counts,
+        "output": _write(cfg, samples_df, cfg.samples.aliccp_table),
+        "quarantine": _write_quarantine(cfg, quarantine_df, aliccp.JOB),
+    }
+    return _finish(cfg, "ingest-aliccp", ds, report, started)
