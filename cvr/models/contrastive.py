@@ -1,0 +1,104 @@
+"""The contrastive branch (CL4CVR), attachable to any base model with a shared embedding.
+
+Training only: two augmented views of the shared representation e -> a shared encoder MLP (last
+layer linear) -> a contrastive loss. The trainer never sees it at scoring time (eval mode skips it,
+and the TorchScript export leaves the encoder out). Conventions:
+- alpha weighs the loss averaged over the 2N anchors (paper). The authors' code sums the two
+  directions (= 2x); `direction_reduction: sum` reproduces that, and code alpha 0.01 = paper alpha 0.02.
+- group_size g > 0 splits the batch into consecutive groups of g samples and contrasts views only
+  within a group (the paper's CL batch was 64), so the cost is O(N g) instead of O(N^2); the loss is
+  the anchor-weighted mean over groups. 0 = the whole batch.
+- augmentation dropout = the CL-dropout baseline: two independent inverted-dropout views of e.
+  The FD baseline (feature dropout in the supervised task) is the model key `feature_dropout` instead.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cvr.losses.contrastive import cosine_duplicates, exact_duplicates, info_nce_loss, supcon_loss, triplet_loss
+from cvr.losses.masks import complementary_masks, field_split_masks, independent_masks
+from cvr.models.towers import mlp
+
+
+class ContrastiveBranch(nn.Module):
+    def __init__(self, cfg: dict, input_width: int, column_groups: list[tuple[int, int]]):
+        super().__init__()
+        self.cfg = dict(cfg)
+        sizes = cfg["encoder"]
+        self.encoder = mlp(input_width, sizes[:-1], sizes[-1], "relu")
+        self.column_groups = column_groups
+
+    def labels_needed(self) -> set[str]:
+        uses_labels = self.cfg["spi"] or self.cfg["loss"] == "supcon"
+        return {"click", "conversion"} if uses_labels else set()
+
+    def views(self, e: Tensor) -> tuple[Tensor, Tensor]:
+        """Two augmented views of e [N, W]."""
+        cfg = self.cfg
+        n, width = e.shape
+        if cfg["augmentation"] == "dropout":
+            return F.dropout(e, cfg["dropout_rate"], True), F.dropout(e, cfg["dropout_rate"], True)
+        if cfg["augmentation"] == "feature_mask":
+            m1, m2 = field_split_masks(self.column_groups, width, device=e.device)
+        elif cfg["mask_scheme"] == "complementary":
+            m1, m2 = complementary_masks(width, device=e.device)
+        else:
+            m1, m2 = independent_masks(n, width, cfg["mask_rate"], device=e.device)
+        return e * m1.to(e.dtype), e * m2.to(e.dtype)
+
+    def encode(self, v1: Tensor, v2: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.encoder(torch.cat([v1, v2]))
+        return h[: v1.shape[0]], h[v1.shape[0] :]
+
+    def encode_complementary(self, e: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+        """encoder(keep * e), encoder(~keep * e) for one per-batch column mask `keep` [W] (bool).
+
+        The first layer only needs the kept columns of each view, so both views together cost one
+        full-width first layer instead of two (same result up to float summation order).
+        """
+        first, rest = self.encoder[0], self.encoder[1:]
+        cols1, cols2 = keep.nonzero().flatten(), (~keep).nonzero().flatten()
+        a1 = F.linear(e[:, cols1], first.weight[:, cols1], first.bias)
+        a2 = F.linear(e[:, cols2], first.weight[:, cols2], first.bias)
+        h = rest(torch.cat([a1, a2]))
+        return h[: e.shape[0]], h[e.shape[0] :]
+
+    def duplicates(self, e: Tensor, dup_keys: Tensor | None) -> Tensor | None:
+        if self.cfg["fne"] == "exact":
+            return exact_duplicates(dup_keys)
+        if self.cfg["fne"] == "cosine":
+            return cosine_duplicates(e, self.cfg["fne_threshold"])
+        return None
+
+    def group_loss(self, h1: Tensor, h2: Tensor, dup: Tensor | None, converted: Tensor | None) -> Tensor:
+        cfg = self.cfg
+        if cfg["loss"] == "triplet":
+            return triplet_loss(h1, h2, cfg["triplet_margin"], dup)
+        if cfg["loss"] == "supcon":
+            return supcon_loss(h1, h2, converted.long(), cfg["temperature"], dup)
+        return info_nce_loss(h1, h2, cfg["temperature"], dup, converted if cfg["spi"] else None)
+
+    def forward(self, e: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        cfg = self.cfg
+        if cfg["augmentation"] == "embedding_mask" and cfg["mask_scheme"] == "complementary":
+            m1, _ = complementary_masks(e.shape[1], device=e.device)
+            h1, h2 = self.encode_complementary(e, m1[0] > 0.5)
+        else:
+            h1, h2 = self.encode(*self.views(e))
+        if cfg["fne"] == "exact" and "dup_key" not in batch:
+            raise ValueError("batch: missing key 'dup_key' needed by contrastive.fne: exact")
+        keys = batch.get("dup_key")
+        converted = None
+        if self.labels_needed():
+            converted = (batch["click"] * batch["conversion"]) > 0.5
+        n, group = e.shape[0], cfg["group_size"] or e.shape[0]
+        loss = h1.new_zeros((), dtype=torch.float32)
+        for start in range(0, n, group):  # views only meet views of their own group
+            part = slice(start, min(start + group, n))
+            sub_dup = self.duplicates(e[part], None if keys is None else keys[part])
+            sub_conv = None if converted is None else converted[part]
+            loss = loss + self.group_loss(h1[part], h2[part], sub_dup, sub_conv) * ((part.stop - start) / n)
+        return loss * 2.0 if cfg["direction_reduction"] == "sum" else loss
