@@ -56,18 +56,34 @@ class SimulateConfig:
     items: int = 5000
     malformed_rate: float = 0.002
     seed: int = 7
-    partitions: int = 8
+    partitions: int = 8  # generator tasks per day
+    # Funnel rates; None takes the preset's value (cvr.pipeline.simulate.PRESETS).
+    target_ctr: float | None = None  # clicks per impression
+    target_cvr: float | None = None  # purchases per click
+    target_micro_rate: float | None = None  # P(any micro behaviour | click)
+    target_macro_rate: float | None = None  # P(any macro behaviour | click)
+    categories: int = 60
+    shops: int = 800
+    brands: int = 400
+    latent_dim: int = 8
+    repeat_exposure_rate: float = 0.15  # share of impressions drawn from the user's few favourite items
+    late_conversion_share: float = 0.3  # purchases with a long (hours to days) delay
+    late_conversion_mean_hours: float = 20.0
 
 
 @dataclass
 class SamplesConfig:
     attribution_window_days: int = 1
     max_clock_skew_seconds: int = 300
+    table: str = "samples"  # output of build-samples
+    aliccp_table: str = "aliccp_samples"  # output of ingest-aliccp
 
 
 @dataclass
 class FeaturesConfig:
-    spec: str = "conf/features/default.yaml"
+    spec: str = "conf/features/default.yaml"  # relative paths: the working directory, then the repository
+    samples_table: str = "samples"  # input of hash-features (aliccp_samples for Ali-CCP)
+    table: str = "features"  # output of hash-features (the hashing spec is saved in it as _hashing_spec.json)
 
 
 @dataclass
@@ -91,7 +107,26 @@ class TrainConfig:
     threads_per_rank: int = 0  # 0 = cores / ranks
     output: str = ""  # artifact folder; default <root>/models/<run>
     model_overrides: dict[str, Any] = field(default_factory=dict)  # deep-merged into the model YAML
-    features_table: str = "features"  # table name under the root
+
+
+@dataclass
+class NightlyConfig:
+    train_days: int = 3  # sliding training window: the days before the nightly ds
+    tolerance: float = 0.005  # promote unless the new model's gate metric is worse by more than this
+    gate_task: str = "cvr"  # ctr | cvr | ctcvr
+    gate_metric: str = "auc"  # auc | gauc | oracle_auc (higher is better) | logloss | calibration (lower is better)
+    keep_versions: int = 5  # registry versions kept (production is never deleted)
+    warm_start: bool = True  # start from the production model's weights
+    registry: str = ""  # default <root>/registry
+    lock_stale_hours: float = 12.0  # a lock older than this is reclaimed even if its host cannot be checked
+    launcher: str = "auto"  # auto: one process or local horovodrun ranks | spark: horovod.spark.run on executors
+
+
+@dataclass
+class ScoreConfig:
+    table: str = "predictions"  # output table under the root
+    arrow_batch_rows: int = 8192  # rows per Arrow batch handed to the model
+    torch_threads: int = 1  # per Python worker; Spark already runs one worker per core
 
 
 @dataclass
@@ -103,6 +138,8 @@ class Config:
     samples: SamplesConfig = field(default_factory=SamplesConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    nightly: NightlyConfig = field(default_factory=NightlyConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -45,7 +45,7 @@ def spec_for_table(root: str, table: str) -> dict:
 
 def split_days(cfg: Config) -> tuple[list[str], list[str]]:
     """Train/validation days: from the config, else every day but the newest / the newest day."""
-    root, table = cfg.storage.root, cfg.train.features_table
+    root, table = cfg.storage.root, cfg.features.table
     if not tables.table_exists(root, table):
         raise FileNotFoundError(f"{tables.table_path(root, table)}: features table not found; run hash-features first")
     available = tables.list_partitions(root, table)
@@ -72,7 +72,7 @@ def prepare_job(cfg: Config, *, warm_start: str | None = None, output_dir: str |
                 resume: bool = False) -> dict:  # fmt: skip
     from cvr.models import load_model_config
 
-    root, table = cfg.storage.root, cfg.train.features_table
+    root, table = cfg.storage.root, cfg.features.table
     train_days, valid_days = split_days(cfg)
     model_cfg = load_model_config(cfg.train.model, cfg.train.model_overrides or None)
     name = model_cfg.get("name", Path(cfg.train.model).stem)
@@ -176,7 +176,7 @@ def evaluate_artifact(cfg: Config, artifact_dir: str | Path, days: list[str] | N
     artifact_dir = Path(artifact_dir)
     lineage = json.loads((artifact_dir / "lineage.json").read_text())
     days = days or lineage["valid_days"]
-    root, table = cfg.storage.root, cfg.train.features_table
+    root, table = cfg.storage.root, cfg.features.table
     files = tables.table_files(root, table, ds=days)
     if not files:
         raise ValueError(f"features table {table} has no files for days {days}")

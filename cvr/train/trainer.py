@@ -44,25 +44,35 @@ def _build_model(job: dict, layout: FeatureLayout, device: torch.device):
 
 
 class Progress:
-    """Rank-0 progress line with throughput; quiet on other ranks."""
+    """Rank-0 progress line with throughput; quiet on other ranks. Time counts training steps only."""
 
     def __init__(self, enabled: bool, total_steps: int, batch_size: int, world: int, every: int = 50):
         self.enabled, self.total, self.every = enabled, total_steps, every
         self.samples_per_step = batch_size * world
-        self.start = time.perf_counter()
+        self.elapsed = 0.0
+        self.mark: float | None = None
         self.steps = 0
+
+    def resume(self) -> None:
+        self.mark = time.perf_counter()
+
+    def pause(self) -> None:
+        if self.mark is not None:
+            self.elapsed += time.perf_counter() - self.mark
+            self.mark = None
 
     def update(self, step: int, epoch: int, loss: float) -> None:
         self.steps += 1
         if not self.enabled or (step % self.every and step != self.total):
             return
-        rate = self.steps * self.samples_per_step / max(time.perf_counter() - self.start, 1e-9)
         pct = 100.0 * step / max(self.total, 1)
-        log.info("epoch %d step %d/%d (%.0f%%) loss %.4f  %.0f samples/s", epoch, step, self.total, pct, loss, rate)
+        log.info("epoch %d step %d/%d (%.0f%%) loss %.4f  %.0f samples/s", epoch, step, self.total, pct, loss,
+                 self.samples_per_second)  # fmt: skip
 
     @property
     def samples_per_second(self) -> float:
-        return self.steps * self.samples_per_step / max(time.perf_counter() - self.start, 1e-9)
+        running = self.elapsed + (time.perf_counter() - self.mark if self.mark is not None else 0.0)
+        return self.steps * self.samples_per_step / max(running, 1e-9)
 
 
 def _validate(model, job, layout, dist, device) -> dict:
@@ -113,6 +123,7 @@ def train_worker(job: dict) -> dict:
                                   shuffle=tcfg["shuffle_row_groups"], workers=tcfg["reader_workers"])  # fmt: skip
         for _ in range(first):  # a resumed epoch skips the batches it already trained on
             next(stream)
+        progress.resume()
         loss_sum = 0.0
         for step_in_epoch in range(first, plan.steps_per_epoch):
             batch = _to_device(layout.to_tensors(next(stream)), device)
@@ -122,9 +133,12 @@ def train_worker(job: dict) -> dict:
             step += 1
             progress.update(step, epoch, loss_sum / (step_in_epoch - first + 1))
             if tcfg["checkpoint_every_steps"] and step % tcfg["checkpoint_every_steps"] == 0 and dist.is_chief:
+                progress.pause()
                 ckpt.save_checkpoint(ckpt_dir, model=model, optimizer=optimizers, step=step, epoch=epoch,
                                      step_in_epoch=step_in_epoch + 1, config_hash=job["config_hash"],
                                      best=_best_for_ckpt(best, history))  # fmt: skip
+                progress.resume()
+        progress.pause()
         stream.close()
         metrics = _validate(model, job, layout, dist, device)
         value = metrics[GATE_TASK][GATE_METRIC]

@@ -1,0 +1,137 @@
+"""Training-path throughput: Petastorm reader vs raw pyarrow, and ESMM / CL4CVR training on 1 and 2 ranks.
+
+    .venv/bin/python bench/train/run.py [--impressions-per-day 200000] [--days 3] [--quick]
+
+All numbers come from one run on one machine, so the ratios compare like with like. Writes
+bench/results/train.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from cvr.config import load_config  # noqa: E402
+from cvr.data import FeatureLayout, plan_shards  # noqa: E402
+from cvr.data.petastorm_reader import training_batches  # noqa: E402
+from cvr.data.sharding import local_path  # noqa: E402
+from cvr.train.api import prepare_job, run_training  # noqa: E402
+
+
+def ensure_features(cfg) -> None:
+    from cvr.demo import run_pipeline
+    from cvr.session import build_spark
+    from cvr.storage import tables
+
+    if tables.table_exists(cfg.storage.root, "features"):
+        return
+    spark = build_spark(cfg.spark, app_name="bench-train-data")
+    run_pipeline(spark, cfg)
+    spark.stop()
+
+
+def reader_rate(job: dict, batches: int) -> float:
+    layout = FeatureLayout.from_spec(job["spec"])
+    plan = plan_shards(job["train_files"], 1, job["config"]["train"]["batch_size"])
+    stream = training_batches(plan, layout.columns(), 0, 1, seed=1)
+    next(stream)  # reader start-up is not throughput
+    start = time.perf_counter()
+    rows = 0
+    for _ in range(batches):
+        rows += layout.to_tensors(next(stream))["sparse"].shape[0]
+    stream.close()
+    return rows / (time.perf_counter() - start)
+
+
+def pyarrow_rate(job: dict) -> float:
+    columns = FeatureLayout.from_spec(job["spec"]).columns()
+    start = time.perf_counter()
+    rows = sum(pq.read_table(local_path(f), columns=columns).num_rows for f in job["train_files"])
+    return rows / (time.perf_counter() - start)
+
+
+def train_rate(cfg, model: str, ranks: int, threads: int, out: Path, overrides: dict | None = None) -> dict:
+    train = dataclasses.replace(cfg.train, model=model, np=ranks, threads_per_rank=threads,
+                                model_overrides=overrides or {})  # fmt: skip
+    folder = out / f"{model}-np{ranks}-t{threads}{'-sparse' if overrides else ''}"
+    shutil.rmtree(folder, ignore_errors=True)
+    result = run_training(dataclasses.replace(cfg, train=train), output_dir=str(folder))
+    return {"samples_per_second": result.metrics["samples_per_second"], "cvr_auc": result.metrics["cvr"]["auc"]}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--root", default=str(REPO / "data" / "bench-train"))
+    parser.add_argument("--impressions-per-day", type=int, default=200_000)
+    parser.add_argument("--days", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--quick", action="store_true", help="ESMM only, fewer reader batches")
+    parser.add_argument("--output", default=str(REPO / "bench" / "results" / "train.json"))
+    args = parser.parse_args(argv)
+
+    cfg = load_config(root=args.root, overrides={
+        "simulate": {"days": args.days, "impressions_per_day": args.impressions_per_day},
+        "train": {"epochs": 1, "batch_size": args.batch_size, "checkpoint_every_steps": 0},
+    })  # fmt: skip
+    ensure_features(cfg)
+    job = prepare_job(cfg)
+    out = Path(args.root) / "bench-models"
+    results = {
+        "reader_rows_per_s": reader_rate(job, 60 if args.quick else 200),
+        "pyarrow_rows_per_s": pyarrow_rate(job),
+    }
+    runs = {}
+    models = ["esmm"] if args.quick else ["esmm", "cl4cvr"]
+    for model in models:
+        runs[f"{model} 1 rank x 2 threads"] = train_rate(cfg, model, 1, 2, out)
+        runs[f"{model} 1 rank x 1 thread"] = train_rate(cfg, model, 1, 1, out)
+        runs[f"{model} 2 ranks x 1 thread"] = train_rate(cfg, model, 2, 1, out)
+    runs["esmm 1 rank x 2 threads, sparse embedding grads"] = train_rate(
+        cfg, "esmm", 1, 2, out, {"embedding": {"sparse": True}}
+    )
+    results["training"] = runs
+    fastest = max(r["samples_per_second"] for r in runs.values())
+    results["ratios"] = {
+        "reader_over_pyarrow": results["reader_rows_per_s"] / results["pyarrow_rows_per_s"],
+        "reader_over_fastest_training": results["reader_rows_per_s"] / fastest,
+        **{
+            f"{m}_2ranks_over_1rank_1thread": runs[f"{m} 2 ranks x 1 thread"]["samples_per_second"]
+            / runs[f"{m} 1 rank x 1 thread"]["samples_per_second"]
+            for m in models
+        },
+        **{
+            f"{m}_2ranks_over_1rank_2threads": runs[f"{m} 2 ranks x 1 thread"]["samples_per_second"]
+            / runs[f"{m} 1 rank x 2 threads"]["samples_per_second"]
+            for m in models
+        },
+    }
+    results["setup"] = {"rows": sum(plan_shards(job["train_files"], 1, 1).rows_per_shard), "batch_size": args.batch_size,
+                        "machine": platform.processor() or platform.machine(), "time": time.strftime("%Y-%m-%d %H:%M")}  # fmt: skip
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(results, indent=2))
+    print(
+        f"\n| measurement | samples/s |\n|---|---|\n| petastorm reader (-> tensors) | {results['reader_rows_per_s']:,.0f} |"
+    )
+    print(f"| raw pyarrow read | {results['pyarrow_rows_per_s']:,.0f} |")
+    for name, run in runs.items():
+        print(f"| train {name} | {run['samples_per_second']:,.0f} |")
+    print("\n| ratio | value |\n|---|---|")
+    for name, value in results["ratios"].items():
+        print(f"| {name} | {value:.2f} |")
+    print(f"\nwritten: {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
