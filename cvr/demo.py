@@ -20,6 +20,22 @@ def simulated_days(cfg: Config) -> list[str]:
     return [(start + dt.timedelta(days=i)).isoformat() for i in range(cfg.simulate.days)]
 
 
+def complete_days(cfg: Config) -> tuple[list[str], list[str]]:
+    """Train/validation days whose attribution windows are fully simulated.
+
+    The newest `attribution_window_days` days still miss conversions that would arrive after the simulated
+    range (delayed feedback), so validating on them would understate every conversion rate.
+    """
+    days = simulated_days(cfg)
+    complete = days[: len(days) - cfg.samples.attribution_window_days]
+    if len(complete) < 2:
+        raise ValueError(
+            f"demo needs at least {cfg.samples.attribution_window_days + 2} simulated days "
+            f"(2 complete days + an attribution window of {cfg.samples.attribution_window_days}), got {len(days)}"
+        )
+    return complete[:-1], complete[-1:]
+
+
 def run_pipeline(spark, cfg: Config) -> dict:
     """Simulate events, then build samples and hash features for every simulated day."""
     from cvr.pipeline.simulate_stage import run_simulate
@@ -37,9 +53,11 @@ def run_demo(cfg: Config, *, models: list[str], np_ranks: int, impressions_per_d
     from cvr.train.api import run_training
 
     cfg = dataclasses.replace(
-        cfg,
-        simulate=dataclasses.replace(cfg.simulate, days=days, impressions_per_day=impressions_per_day),
-        train=dataclasses.replace(cfg.train, np=np_ranks),
+        cfg, simulate=dataclasses.replace(cfg.simulate, days=days, impressions_per_day=impressions_per_day)
+    )
+    train_days, valid_days = complete_days(cfg)
+    cfg = dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, np=np_ranks, train_days=train_days, valid_days=valid_days)
     )
     timings: dict[str, float] = {}
     started = time.perf_counter()

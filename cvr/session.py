@@ -38,6 +38,7 @@ def build_spark(cfg: SparkConfig | None = None, app_name: str | None = None):
         .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
         .config("spark.driver.memory", cfg.driver_memory)
         .config("spark.ui.enabled", str(cfg.ui_enabled).lower())
+        .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")

@@ -241,3 +241,32 @@ def test_stage_refuses_bad_input_schema_and_missing_day(spark, tmp_path):
     write_partitions(bad_clicks, str(tmp_path), "clicks")
     with pytest.raises(SchemaError, match=r"table 'clicks': column 'ts'"):
         run_build_samples(spark, cfg, D)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "delta"])
+def test_clean_rerun_removes_the_earlier_quarantine_rows_of_that_day(spark, tmp_path, fmt):
+    from cvr.pipeline.stages import run_build_samples
+    from cvr.storage import delete_partitions, list_partitions, table_exists, write_partitions
+
+    write_events(spark, tmp_path)
+    cfg = stage_config(tmp_path, fmt)
+    run_build_samples(spark, cfg, D)
+    assert D in list_partitions(str(tmp_path), "quarantine_build_samples")
+    for name in ("impressions", "clicks", "behaviours", "conversions"):  # the logs are corrected upstream
+        delete_partitions(str(tmp_path), name, [D, D1])
+    write_partitions(spark.createDataFrame(IMPRESSIONS[:1], IMP_SCHEMA), str(tmp_path), "impressions")
+    report = run_build_samples(spark, cfg, D)
+    assert report["quarantine"]["deleted_partitions"] == [D]
+    left = (
+        list_partitions(str(tmp_path), "quarantine_build_samples")
+        if table_exists(str(tmp_path), "quarantine_build_samples")
+        else []
+    )
+    assert D not in left
+    assert [r["impression_id"] for r in read_table_rows(spark, tmp_path, "samples", D)] == ["i1"]
+
+
+def read_table_rows(spark, root, name, ds):
+    from cvr.storage import read_table
+
+    return read_table(spark, str(root), name, ds=ds).collect()

@@ -18,7 +18,16 @@ from pyspark import StorageLevel
 
 from cvr.config import CONF_DIR, Config
 from cvr.pipeline import aliccp, hashing, samples
-from cvr.storage import enforce, list_partitions, read_table, spark_schema, table_exists, table_path, write_json_atomic
+from cvr.storage import (
+    delete_partitions,
+    enforce,
+    list_partitions,
+    read_table,
+    spark_schema,
+    table_exists,
+    table_path,
+    write_json_atomic,
+)
 from cvr.storage import write_partitions as _write_partitions
 
 log = logging.getLogger(__name__)
@@ -68,9 +77,13 @@ def _finish(cfg: Config, stage: str, ds: str, report: dict, started: float) -> d
     return report
 
 
-def _write_quarantine(cfg: Config, quarantine_df, job: str) -> dict:
-    # An empty DataFrame writes nothing, so a clean re-run leaves an earlier run's rows of that ds in place.
-    return _write(cfg, enforce(quarantine_df, "quarantine"), f"quarantine_{job.replace('-', '_')}")
+def _write_quarantine(cfg: Config, quarantine_df, job: str, ds: str) -> dict:
+    """Replace day `ds` of the job's quarantine table; a clean re-run removes the earlier run's rows."""
+    name = f"quarantine_{job.replace('-', '_')}"
+    written = _write(cfg, enforce(quarantine_df, "quarantine"), name)
+    if ds not in written.get("partitions", []):
+        written["deleted_partitions"] = delete_partitions(cfg.storage.root, name, ds)
+    return written
 
 
 def run_build_samples(spark, cfg: Config, ds: str) -> dict:
@@ -107,7 +120,7 @@ def run_build_samples(spark, cfg: Config, ds: str) -> dict:
         steps["classify_and_count"], tick = round(time.time() - tick, 3), time.time()
         written = _write(cfg, enforce(samples.samples_from(classified, ds), "samples"), cfg.samples.table)
         steps["write_samples"], tick = round(time.time() - tick, 3), time.time()
-        quarantine = _write_quarantine(cfg, samples.quarantine_from(classified, ds), samples.JOB)
+        quarantine = _write_quarantine(cfg, samples.quarantine_from(classified, ds), samples.JOB, ds)
         steps["write_quarantine"] = round(time.time() - tick, 3)
     finally:
         for df in persisted:
@@ -190,6 +203,6 @@ def run_ingest_aliccp(spark, cfg: Config, skeleton: str, common: str, ds: str) -
         "inputs": {"skeleton": skeleton, "common": common},
         "counts": counts,
         "output": _write(cfg, samples_df, cfg.samples.aliccp_table),
-        "quarantine": _write_quarantine(cfg, quarantine_df, aliccp.JOB),
+        "quarantine": _write_quarantine(cfg, quarantine_df, aliccp.JOB, ds),
     }
     return _finish(cfg, "ingest-aliccp", ds, report, started)

@@ -10,6 +10,7 @@ from cvr.storage.schema import (
     validate_rows,
 )
 from cvr.storage.tables import (
+    delete_partitions,
     list_partitions,
     read_table,
     table_exists,
@@ -25,6 +26,7 @@ from cvr.storage.tables import (
 __all__ = [
     "SchemaError",
     "arrow_schema",
+    "delete_partitions",
     "enforce",
     "list_partitions",
     "load_schema",

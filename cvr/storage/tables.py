@@ -122,6 +122,32 @@ def _table_exists_as(path: str) -> str | None:
     return None
 
 
+def delete_partitions(root, name: str, ds: str | list[str]) -> list[str]:
+    """Remove whole ds partitions (a re-run that produced no rows for a day must not leave the old ones).
+
+    Parquet: each folder is renamed into _trash first, so readers never see a half-deleted partition.
+    Delta: one delete commit through delta-rs, so older versions stay readable by time travel.
+    """
+    path = table_path(root, name)
+    fmt = _table_exists_as(path)
+    days = [d for d in (_as_list(ds) or []) if fmt and d in list_partitions(root, name)]
+    if not days:
+        return []
+    if fmt == "delta":
+        from deltalake import DeltaTable
+
+        quoted = ", ".join(f"'{d}'" for d in days)
+        DeltaTable(path).delete(predicate=f"{PARTITION_COLUMN} IN ({quoted})")
+        return days
+    trash = os.path.join(path, TRASH_DIR, uuid.uuid4().hex)
+    os.makedirs(trash, exist_ok=True)
+    for day in days:
+        os.rename(_partition_dir(path, day), _partition_dir(trash, day))
+    shutil.rmtree(trash, ignore_errors=True)
+    _remove_if_empty(os.path.join(path, TRASH_DIR))
+    return days
+
+
 def table_exists(root, name: str) -> bool:
     return _table_exists_as(table_path(root, name)) is not None
 
