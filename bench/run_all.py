@@ -133,9 +133,54 @@ def results_markdown(results: dict[str, Any], runs: list[dict[str, Any]] | None 
         lines += [f"Runs: {status}.", ""]
     if not results:
         return "\n".join([*lines, "No benchmark results yet (bench/results/ holds no JSON)."])
+    lines += headline_markdown(results)
+    lines += ["<details><summary>All measurements</summary>", ""]
     for name, data in results.items():
         lines += benchmark_markdown(name, data)
+    lines += ["</details>"]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _dig(data: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+# (label, benchmark, path into its JSON, unit or target text)
+HEADLINES = (
+    ("simulate", "pipeline", ("stages", "simulate", "rows_per_second"), "rows/s"),
+    ("build-samples", "pipeline", ("stages", "build_samples", "rows_per_second"), "rows/s"),
+    ("hash-features", "pipeline", ("stages", "hash_features", "rows_per_second"), "rows/s"),
+    ("(build-samples + hash-features) / plain copy", "pipeline", ("ratio_to_copy",), "target <= 3"),
+    ("ESMM train step, batch 1024", "models", ("models", "esmm", "ms_per_1000_samples"), "ms per 1k samples"),
+    ("CL4CVR step / ESMM step", "models", ("cl4cvr_over_esmm_step_time",), "target <= 2.0"),
+    ("Petastorm reader -> tensors", "train", ("reader_rows_per_s",), "rows/s"),
+    ("raw pyarrow read (ceiling)", "train", ("pyarrow_rows_per_s",), "rows/s"),
+    ("reader / pyarrow", "train", ("ratios", "reader_over_pyarrow"), "target >= 0.5"),
+    ("reader / fastest training", "train", ("ratios", "reader_over_fastest_training"), "target >= 3"),
+    ("ESMM training, 1 rank x 2 threads", "train", ("training", "esmm 1 rank x 2 threads", "samples_per_second"), "samples/s"),
+    ("CL4CVR training, 1 rank x 2 threads", "train", ("training", "cl4cvr 1 rank x 2 threads", "samples_per_second"), "samples/s"),
+    ("ESMM 2 ranks / 1 rank (1 thread each)", "train", ("ratios", "esmm_2ranks_over_1rank_1thread"), "target >= 1.6"),
+    ("CL4CVR 2 ranks / 1 rank (1 thread each)", "train", ("ratios", "cl4cvr_2ranks_over_1rank_1thread"), "target >= 1.6"),
+)  # fmt: skip
+
+
+def headline_markdown(results: dict[str, Any]) -> list[str]:
+    """The few numbers a reader wants first; models' table keys per-model rows by name."""
+    lines = ["| measurement | value | unit / target |", "|---|---|---|"]
+    for label, bench, path, unit in HEADLINES:
+        data = results.get(bench)
+        if bench == "models" and path[0] == "models" and isinstance(data, dict):
+            rows = {r.get("model"): r for r in data.get("models", []) if isinstance(r, dict)}
+            value = _dig(rows, *path[1:])
+        else:
+            value = _dig(data, *path)
+        if value is not None:
+            lines.append(f"| {label} | {format_value(value)} | {unit} |")
+    return [*lines, ""] if len(lines) > 2 else []
 
 
 def replace_marked_section(text: str, body: str) -> str | None:

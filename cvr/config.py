@@ -242,6 +242,7 @@ def _validate(cfg: Config, source: str) -> None:
         (0 <= cfg.simulate.malformed_rate < 0.5, "simulate.malformed_rate", "a rate in [0, 0.5)", cfg.simulate.malformed_rate),
         (cfg.train.np >= 1, "train.np", "an integer >= 1", cfg.train.np),
         (cfg.train.batch_size >= 2, "train.batch_size", "an integer >= 2", cfg.train.batch_size),
+        (cfg.train.lr > 0, "train.lr", "a learning rate > 0", cfg.train.lr),
         (cfg.train.optimizer in ("adam", "adagrad"), "train.optimizer", "'adam' or 'adagrad'", cfg.train.optimizer),
         (cfg.samples.attribution_window_days >= 0, "samples.attribution_window_days", "an integer >= 0", cfg.samples.attribution_window_days),
     ]  # fmt: skip

@@ -87,3 +87,8 @@ def test_digest_changes_with_config(tmp_path):
     b = load_config(write(tmp_path, "train:\n  epochs: 9\n"))
     assert a.digest() == load_config().digest()
     assert a.digest() != b.digest()
+
+
+def test_learning_rate_must_be_positive(tmp_path):
+    with pytest.raises(ConfigError, match="train.lr' expected a learning rate > 0, got 0.0"):
+        load_config(write(tmp_path, "train:\n  lr: 0\n"))

@@ -254,7 +254,7 @@ def test_three_nights_with_a_crash_and_a_worse_model(spark, tmp_path, monkeypatc
     assert second["stages"]["promote"]["result"]["promoted"] is True, second["stages"]["promote"]["result"]["reason"]
     assert registry.production_version() == 2
 
-    crippled = tiny_config(tmp_path, 4, train={"lr": 0.0}, nightly={"warm_start": False})
+    crippled = tiny_config(tmp_path, 4, train={"lr": 1e-9}, nightly={"warm_start": False})
     third = run_nightly(spark, crippled, days[3])
     decision = third["stages"]["promote"]["result"]
     assert decision["promoted"] is False and decision["version"] == 3
