@@ -28,21 +28,29 @@ def group_label(model: str, variant: str) -> str:
     return f"{model} ({variant})" if variant else model
 
 
+def _panels_per_data(results: pd.DataFrame, panel_height: float):
+    """One axis per data variant; yields (axis, data label, its rows, its (model, variant) groups)."""
+    data_labels = list(dict.fromkeys(results["data"]))
+    fig, axes = plt.subplots(
+        len(data_labels),
+        1,
+        figsize=(max(6, 1.2 * results["group_id"].nunique() + 3), panel_height * len(data_labels)),
+        squeeze=False,
+    )
+    panels = []
+    for ax, data_label in zip(axes[:, 0], data_labels, strict=True):
+        rows = results[results["data"] == data_label]
+        panels.append((ax, data_label, rows, list(dict.fromkeys(zip(rows["model"], rows["variant"], strict=True)))))
+    return fig, panels
+
+
 def plot_auc_per_model(results: pd.DataFrame, path: Path, metrics: list[str]) -> Path | None:
     """Grouped bars: per data variant one panel, per group the mean of each AUC metric with a ±1 std error bar."""
     metrics = [m for m in metrics if m in results and results[m].notna().any()]
     if results.empty or not metrics:
         return None
-    data_labels = list(dict.fromkeys(results["data"]))
-    fig, axes = plt.subplots(
-        len(data_labels),
-        1,
-        figsize=(max(6, 1.2 * results["group_id"].nunique() + 3), 3.6 * len(data_labels)),
-        squeeze=False,
-    )
-    for ax, data_label in zip(axes[:, 0], data_labels, strict=True):
-        rows = results[results["data"] == data_label]
-        groups = list(dict.fromkeys(zip(rows["model"], rows["variant"], strict=True)))
+    fig, panels = _panels_per_data(results, panel_height=3.6)
+    for ax, data_label, rows, groups in panels:
         width = 0.8 / len(metrics)
         x = np.arange(len(groups))
         lowest = 1.0
@@ -151,16 +159,8 @@ def plot_calibration(results: pd.DataFrame, path: Path, reliability: dict[str, d
     ]
     if results.empty or not metrics:
         return None
-    data_labels = list(dict.fromkeys(results["data"]))
-    fig, axes = plt.subplots(
-        len(data_labels),
-        1,
-        figsize=(max(6, 1.2 * results["group_id"].nunique() + 3), 3.4 * len(data_labels)),
-        squeeze=False,
-    )
-    for ax, data_label in zip(axes[:, 0], data_labels, strict=True):
-        rows = results[results["data"] == data_label]
-        groups = list(dict.fromkeys(zip(rows["model"], rows["variant"], strict=True)))
+    fig, panels = _panels_per_data(results, panel_height=3.4)
+    for ax, data_label, rows, groups in panels:
         width = 0.8 / len(metrics)
         x = np.arange(len(groups))
         for i, metric in enumerate(metrics):

@@ -10,7 +10,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import yaml
+from cvr.config import read_yaml
 
 MODELS_DIR = Path(__file__).resolve().parent.parent.parent / "conf" / "models"
 LABELS = ("click", "micro", "macro", "conversion")
@@ -86,12 +86,7 @@ def _read(path: Path, chain: tuple[str, ...] = ()) -> dict[str, Any]:
         raise ValueError(f"{path}: model configuration file not found")
     if str(path) in chain:
         raise ValueError(f"{path}: key 'base' forms a cycle: {' -> '.join(chain + (str(path),))}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    data = read_yaml(path)  # ConfigError (a ValueError) naming the file for bad YAML or a non-mapping
     base = data.pop("base", None)
     if base is None:
         return data
