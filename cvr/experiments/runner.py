@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import time
 import traceback
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from cvr.experiments.grid import Trial, expand_trials, nest_dotted, stable_hash
 from cvr.experiments.spec import ExperimentSpec, resolve_path
 from cvr.experiments.stats import reliability_bins
 from cvr.experiments.tracking import Tracker, resolve_tracking_uri
+from cvr.storage.tables import write_json_atomic
 
 log = logging.getLogger("cvr.experiments")
 
@@ -158,7 +158,9 @@ def run_experiment(
     tracker = Tracker(resolve_tracking_uri(spec.tracking_uri, base.storage.root), spec.name)
     if not dry_run:
         run.directory.mkdir(parents=True, exist_ok=True)
-        _write_json(run.directory / "experiment.json", {"spec": spec.to_dict(), "trials": [t.trial_id for t in trials]})
+        write_json_atomic(
+            run.directory / "experiment.json", {"spec": spec.to_dict(), "trials": [t.trial_id for t in trials]}
+        )
     train_fn = train_fn or _api_trainer(spec.launcher, spark)
     data_fn = data_fn or (lambda cfg, days: ensure_data(cfg, days, source=spec.data.source, spark=spark))
     prepared: set[str] = set()
@@ -195,7 +197,7 @@ def _run_one(trial: Trial, cfg: Config, path: Path, train_fn: TrainFn, tracker: 
         "params": trial.params,
         "config_digest": cfg.digest(),
     }
-    _write_json(path / "params.json", {**record, "config": cfg.to_dict()})
+    write_json_atomic(path / "params.json", {**record, "config": cfg.to_dict()})
     started = time.time()
     try:
         metrics = train_fn(cfg, path / "artifact")
@@ -204,9 +206,11 @@ def _run_one(trial: Trial, cfg: Config, path: Path, train_fn: TrainFn, tracker: 
         log.error("trial %s failed; traceback in %s", trial.trial_id, path / "error.txt")
         return TrialOutcome(trial, "failed", path, error=traceback.format_exc(limit=1).strip().splitlines()[-1])
     seconds = time.time() - started
-    _write_json(path / "metrics.json", metrics)
+    write_json_atomic(path / "metrics.json", metrics)
     tracker.log_trial(trial.trial_id, trial.params, metrics)
-    _write_json(path / DONE_MARKER, {"finished_at": dt.datetime.now(dt.UTC).isoformat(), "seconds": round(seconds, 3)})
+    write_json_atomic(
+        path / DONE_MARKER, {"finished_at": dt.datetime.now(dt.UTC).isoformat(), "seconds": round(seconds, 3)}
+    )
     log.info("trial %s done in %.1fs", trial.trial_id, seconds)
     return TrialOutcome(trial, "done", path)
 
@@ -271,7 +275,7 @@ def ensure_data(cfg: Config, days: list[str], *, source: str = "simulate", spark
     for ds in days:
         reports["hash_features"][ds] = run_hash_features(spark, cfg, ds)
     summary = {"days": days, "simulate": cfg.to_dict()["simulate"], "reports": reports}
-    _write_json(marker, summary)
+    write_json_atomic(marker, summary)
     return summary
 
 
@@ -310,11 +314,3 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
     for key, value in override.items():
         out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (tmp file + rename) so a crash never leaves a half-written marker or metrics file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)

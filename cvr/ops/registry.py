@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from cvr.ops.locks import FileLock, LockHeldError
-from cvr.ops.state import read_json, write_json_atomic
+from cvr.ops.state import read_json
+from cvr.storage.tables import write_json_atomic
 
 REQUIRED_ARTIFACT_FILES = ("weights.pt", "scoring.pt", "hashing_spec.json", "metrics.json")
 VERSION_FILE = "registry.json"

@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from cvr.data.layout import FeatureLayout
+from cvr.storage.tables import write_json_atomic
 from cvr.train.checkpoint import save_atomic
 
 ARTIFACT_FILES = (
@@ -45,12 +46,6 @@ def example_batch(layout: FeatureLayout, rows: int = 4) -> dict[str, torch.Tenso
     }
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    tmp.replace(path)
-
-
 def write_artifact(folder: Path, *, model, layout: FeatureLayout, job: dict, result: dict) -> Path:
     """Write weights, TorchScript scoring module, spec, configs, metrics and lineage; metrics.json last."""
     from cvr.models import export_scoring_module
@@ -62,16 +57,16 @@ def write_artifact(folder: Path, *, model, layout: FeatureLayout, job: dict, res
     scripted = export_scoring_module(model, example_batch(layout))
     torch.jit.save(scripted, str(folder / "scoring.pt.tmp"))
     (folder / "scoring.pt.tmp").replace(folder / "scoring.pt")
-    _write_json(folder / "hashing_spec.json", job["spec"])
+    write_json_atomic(folder / "hashing_spec.json", job["spec"])
     (folder / "model.yaml").write_text(yaml.safe_dump(job["model_cfg"], sort_keys=False))
-    _write_json(folder / "config.json", job["config"])
-    _write_json(
+    write_json_atomic(folder / "config.json", job["config"])
+    write_json_atomic(
         folder / "lineage.json", {**job["lineage"], "code": code_version(), "warm_start": job.get("warm_start")}
     )
     metrics = {**(result["metrics"] or {}), "history": result["history"], "best_epoch": result["best_epoch"],
                "world_size": result["world_size"], "steps": result["steps"],
                "samples_per_second": result["samples_per_second"], "model": job["model_cfg"].get("name")}  # fmt: skip
-    _write_json(folder / "metrics.json", metrics)
+    write_json_atomic(folder / "metrics.json", metrics)
     return folder
 
 
