@@ -17,7 +17,6 @@ from cvr.config import Config
 
 OUTPUT_COLUMNS = ("impression_id", "p_ctr", "p_cvr", "p_ctcvr", "model_version", "ds")
 
-TABLE_SPEC_FILE = "_hashing_spec.json"  # written beside the features table by hash-features
 _MODEL_CACHE: dict[tuple[str, str], Any] = {}  # per Python worker process
 
 
@@ -140,8 +139,9 @@ def check_same_spec(table_spec: Path, model_spec: Path) -> None:
 
 def run_score(spark, cfg: Config, ds: str | list[str], model: str | None = None, version: int | None = None) -> dict:
     """Score the features table's ds partition(s) and replace them in the predictions table; returns a report."""
+    from cvr.pipeline.hashing import table_spec_path
     from cvr.storage.schema import enforce
-    from cvr.storage.tables import list_partitions, read_table, table_path, write_partitions
+    from cvr.storage.tables import list_partitions, read_table, write_partitions
 
     days = [ds] if isinstance(ds, str) else list(ds)
     root, table = cfg.storage.root, cfg.features.table
@@ -150,7 +150,7 @@ def run_score(spark, cfg: Config, ds: str | list[str], model: str | None = None,
     if absent:
         raise ScoreError(f"features table '{table}' under {root}: no partition ds={', '.join(absent)}")
     artifact_dir = resolve_model(cfg, model, version)
-    check_same_spec(Path(table_path(root, table)) / TABLE_SPEC_FILE, Path(artifact_dir) / "hashing_spec.json")
+    check_same_spec(table_spec_path(root, table), Path(artifact_dir) / "hashing_spec.json")
     model_version = model_version_of(artifact_dir)
     predictions = predict(spark, cfg, read_table(spark, root, table, ds=days), artifact_dir, model_version)
     written = write_partitions(enforce(predictions, "predictions"), root, cfg.score.table, fmt=cfg.storage.format,

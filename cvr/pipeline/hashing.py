@@ -25,6 +25,15 @@ SEPARATOR = "\x1f"
 NULL_TOKEN = "N"
 DUP_FLOAT_LIMIT = 1e15
 SPEC_FILE_NAME = "_hashing_spec.json"
+
+
+def table_spec_path(root: str, table: str) -> Path:
+    """Where hash-features saves the spec of a features table (training and scoring read it from here)."""
+    from cvr.storage.tables import table_path
+
+    return Path(table_path(root, table)) / SPEC_FILE_NAME
+
+
 DENSE_TRANSFORMS = ("identity", "log1p")
 LABEL_COLUMNS = ("click", "micro", "macro", "conversion")
 # Columns that only exist after the impression (post-click behaviour, event ids): never features.

@@ -148,7 +148,7 @@ def resolve_spec_path(spec: str) -> Path:
 
 
 def saved_spec_path(cfg: Config, table: str | None = None) -> Path:
-    return Path(table_path(cfg.storage.root, table or cfg.features.table)) / hashing.SPEC_FILE_NAME
+    return hashing.table_spec_path(cfg.storage.root, table or cfg.features.table)
 
 
 def _check_saved_spec(path: Path, spec: hashing.HashingSpec) -> None:

@@ -22,12 +22,12 @@ import torch
 from cvr.config import Config
 from cvr.data.layout import FeatureLayout
 from cvr.data.petastorm_reader import read_shard
+from cvr.pipeline.hashing import table_spec_path
 from cvr.storage import tables
 from cvr.train.artifact import check_artifact, load_metrics
 from cvr.train.evaluation import id_hash, score_columns
 
 log = logging.getLogger("cvr.train")
-SPEC_FILE = "_hashing_spec.json"
 
 
 @dataclass
@@ -37,7 +37,7 @@ class TrainResult:
 
 
 def spec_for_table(root: str, table: str) -> dict:
-    path = Path(tables.table_path(root, table)) / SPEC_FILE
+    path = table_spec_path(root, table)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: hashing spec not found; run `cvr hash-features` for this table first")
     return json.loads(path.read_text())
