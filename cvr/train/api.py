@@ -25,7 +25,7 @@ from cvr.data.petastorm_reader import read_shard
 from cvr.pipeline.hashing import table_spec_path
 from cvr.storage import tables
 from cvr.train.artifact import check_artifact, load_metrics
-from cvr.train.evaluation import id_hash, score_columns
+from cvr.train.evaluation import collect_predictions, score_columns
 
 log = logging.getLogger("cvr.train")
 
@@ -155,20 +155,8 @@ def score_files(artifact_dir: Path, files: list[str], workers: int = 2) -> dict[
     layout = FeatureLayout.from_file(artifact_dir / "hashing_spec.json")
     module = torch.jit.load(str(artifact_dir / "scoring.pt"), map_location="cpu")
     columns = layout.columns(with_labels=True, extra=("impression_id",))
-    parts: dict[str, list] = {
-        k: [] for k in ("p_ctr", "p_cvr", "p_ctcvr", "click", "conversion", "user_key", "id_hash")
-    }
-    with torch.no_grad():
-        for arrays in read_shard(tuple(files), columns, 0, 1, workers=workers):
-            batch = layout.to_tensors(arrays)
-            probs = module(batch["sparse"], batch["dense"]).numpy()
-            for i, key in enumerate(("p_ctr", "p_cvr", "p_ctcvr")):
-                parts[key].append(probs[:, i])
-            parts["click"].append(arrays["click"].astype(np.float32))
-            parts["conversion"].append(arrays["conversion"].astype(np.float32))
-            parts["user_key"].append(arrays["user_key"].astype(np.int64))
-            parts["id_hash"].append(id_hash(arrays["impression_id"]))
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    row_groups = read_shard(tuple(files), columns, 0, 1, workers=workers)
+    return collect_predictions(row_groups, layout, lambda batch: module(batch["sparse"], batch["dense"]))
 
 
 def evaluate_artifact(cfg: Config, artifact_dir: str | Path, days: list[str] | None = None) -> dict:

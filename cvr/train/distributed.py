@@ -52,18 +52,10 @@ class Horovod:
         self.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
         self.hvd.broadcast_optimizer_state(optimizer, root_rank=0)
 
-    def broadcast_object(self, obj, name: str):
-        return self.hvd.broadcast_object(obj, root_rank=0, name=name) if self.size > 1 else obj
-
     def mean(self, value: float, name: str) -> float:
         if self.size == 1:
             return float(value)
         return float(self.hvd.allreduce(torch.tensor([float(value)]), op=self.hvd.Average, name=name).item())
-
-    def sum(self, value: float, name: str) -> float:
-        if self.size == 1:
-            return float(value)
-        return float(self.hvd.allreduce(torch.tensor([float(value)]), op=self.hvd.Sum, name=name).item())
 
     def gather_columns(self, columns: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
         """Concatenate every rank's numeric columns on every rank (shards may differ in length)."""

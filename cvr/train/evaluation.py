@@ -20,27 +20,43 @@ def id_hash(ids: np.ndarray) -> np.ndarray:
     return pd.util.hash_array(np.asarray(ids, dtype=object)).view(np.int64)
 
 
+LABEL_KEYS = ("click", "conversion", "user_key", "id_hash")
+
+
 @torch.no_grad()
-def predict_files(model, files, layout: FeatureLayout, dist, device, workers: int = 2, batch_rows: int = 8192) -> dict:
-    """Predictions and labels for every row of `files`, gathered from all ranks (same result on each rank)."""
-    was_training = model.training
-    model.eval()
-    columns = layout.columns(with_labels=True, extra=("impression_id",))
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in (*PRED_KEYS, "click", "conversion", "user_key", "id_hash")}
-    for arrays in read_shard(tuple(files), columns, dist.rank, dist.size, workers=workers):
-        n = len(arrays["click"])
-        for start in range(0, n, batch_rows):
+def collect_predictions(row_groups, layout: FeatureLayout, predict, batch_rows: int = 8192) -> dict[str, np.ndarray]:
+    """Predictions and labels for every row of `row_groups` (column dicts of one shard).
+
+    `predict(batch) -> FloatTensor [B, 3]` (p_ctr, p_cvr, p_ctcvr) is the eager model or the exported scoring
+    module, so training-time validation and artifact evaluation share one path.
+    """
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in (*PRED_KEYS, *LABEL_KEYS)}
+    for arrays in row_groups:
+        for start in range(0, len(arrays["click"]), batch_rows):
             chunk = {c: a[start : start + batch_rows] for c, a in arrays.items()}
-            batch = {k: v.to(device) for k, v in layout.to_tensors(chunk).items()}
-            probs = model(batch).probs
-            parts["p_ctr"].append(probs["ctr"].float().cpu().numpy())
-            parts["p_cvr"].append(probs["cvr"].float().cpu().numpy())
-            parts["p_ctcvr"].append(probs["ctcvr"].float().cpu().numpy())
+            probs = predict(layout.to_tensors(chunk)).float().cpu().numpy()
+            for i, key in enumerate(PRED_KEYS):
+                parts[key].append(probs[:, i])
             parts["click"].append(chunk["click"].astype(np.float32))
             parts["conversion"].append(chunk["conversion"].astype(np.float32))
             parts["user_key"].append(chunk["user_key"].astype(np.int64))
             parts["id_hash"].append(id_hash(chunk["impression_id"]))
-    local = {k: _concat(v, k) for k, v in parts.items()}
+    return {k: _concat(v, k) for k, v in parts.items()}
+
+
+def predict_files(model, files, layout: FeatureLayout, dist, device, workers: int = 2) -> dict:
+    """Every rank predicts its shard of `files` with the eager model; results gathered (same on each rank)."""
+
+    def predict(batch):
+        probs = model({k: v.to(device) for k, v in batch.items()}).probs
+        return torch.stack([probs["ctr"], probs["cvr"], probs["ctcvr"]], dim=1)
+
+    was_training = model.training
+    model.eval()
+    columns = layout.columns(with_labels=True, extra=("impression_id",))
+    local = collect_predictions(
+        read_shard(tuple(files), columns, dist.rank, dist.size, workers=workers), layout, predict
+    )
     model.train(was_training)
     return dist.gather_columns(local, name="eval")
 
