@@ -259,3 +259,29 @@ def test_supcon_equals_the_generic_masked_loss_with_fne():
     (g_fused,) = torch.autograd.grad(fused, a)
     assert fused.item() == pytest.approx(generic.item(), rel=1e-5)
     torch.testing.assert_close(g_fused, g_generic, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["infonce", "spi", "supcon", "triplet"])
+def test_grouped_losses_equal_the_mean_of_per_group_losses(loss):
+    g = torch.Generator().manual_seed(5)
+    groups, n = 4, 9
+    h1, h2 = torch.randn(groups, n, 6, generator=g), torch.randn(groups, n, 6, generator=g)
+    dup = exact_duplicates(torch.randint(0, 6, (groups, n), generator=g))
+    labels = (torch.rand(groups, n, generator=g) < 0.4).long()
+
+    def one(a, b, d, lab):
+        if loss == "triplet":
+            return triplet_loss(a, b, 0.5, d)
+        if loss == "supcon":
+            return supcon_loss(a, b, lab, 0.3, d)
+        return info_nce_loss(a, b, 0.3, d, lab if loss == "spi" else None)
+
+    a = h1.clone().requires_grad_(True)
+    grouped = one(a, h2, dup, labels)
+    (g_grouped,) = torch.autograd.grad(grouped, a)
+    b = h1.clone().requires_grad_(True)
+    looped = sum(one(b[k], h2[k], dup[k], labels[k]) for k in range(groups)) / groups
+    (g_looped,) = torch.autograd.grad(looped, b)
+    assert grouped.item() == pytest.approx(looped.item(), rel=1e-5)
+    torch.testing.assert_close(g_grouped, g_looped, rtol=1e-4, atol=1e-6)
+    assert dup.sum() > groups * n  # the draw holds duplicates, so FNE is exercised

@@ -61,9 +61,7 @@ class ContrastiveBranch(nn.Module):
         """
         first, rest = self.encoder[0], self.encoder[1:]
         cols1, cols2 = keep.nonzero().flatten(), (~keep).nonzero().flatten()
-        a1 = F.linear(e[:, cols1], first.weight[:, cols1], first.bias)
-        a2 = F.linear(e[:, cols2], first.weight[:, cols2], first.bias)
-        h = rest(torch.cat([a1, a2]))
+        h = rest(_ColumnSplitLinear.apply(e, first.weight, first.bias, cols1, cols2))
         return h[: e.shape[0]], h[e.shape[0] :]
 
     def duplicates(self, e: Tensor, dup_keys: Tensor | None) -> Tensor | None:
@@ -94,11 +92,55 @@ class ContrastiveBranch(nn.Module):
         converted = None
         if self.labels_needed():
             converted = (batch["click"] * batch["conversion"]) > 0.5
-        n, group = e.shape[0], cfg["group_size"] or e.shape[0]
+        n = e.shape[0]
+        group = min(cfg["group_size"] or n, n)
+        whole = n - n % group
         loss = h1.new_zeros((), dtype=torch.float32)
-        for start in range(0, n, group):  # views only meet views of their own group
-            part = slice(start, min(start + group, n))
-            sub_dup = self.duplicates(e[part], None if keys is None else keys[part])
-            sub_conv = None if converted is None else converted[part]
-            loss = loss + self.group_loss(h1[part], h2[part], sub_dup, sub_conv) * ((part.stop - start) / n)
+        # Views only meet views of their own group: the whole groups as one batched call, then the rest.
+        for start, stop, size in ((0, whole, group), (whole, n, n - whole)):
+            if stop == start:
+                continue
+
+            def grouped(t: Tensor | None, start=start, stop=stop, size=size) -> Tensor | None:
+                return None if t is None else t[start:stop].reshape(-1, size, *t.shape[1:])
+
+            dup = self.duplicates(grouped(e), grouped(keys))
+            part = self.group_loss(grouped(h1), grouped(h2), dup, grouped(converted))
+            loss = loss + part * ((stop - start) / n)
         return loss * 2.0 if cfg["direction_reduction"] == "sum" else loss
+
+
+class _ColumnSplitLinear(torch.autograd.Function):
+    """[x[:, c1] W[:, c1]^T + b; x[:, c2] W[:, c2]^T + b] [2N, out] for a partition (c1, c2) of x's columns.
+
+    Autograd through column indexing zero-fills and scatter-adds full-size gradients four times;
+    here each gradient is computed in block order [c1 | c2] and put back in column order with one
+    gather, since c1 and c2 cover every column exactly once.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, cols1, cols2):
+        n = x.shape[0]
+        x1, x2 = x.index_select(1, cols1), x.index_select(1, cols2)
+        w1, w2 = weight.index_select(1, cols1), weight.index_select(1, cols2)
+        out = x.new_empty(2 * n, weight.shape[0])
+        torch.addmm(bias, x1, w1.T, out=out[:n])
+        torch.addmm(bias, x2, w2.T, out=out[n:])
+        # column j of [.., c1 block, c2 block] goes back to column order via index_select(inverse)
+        inverse = torch.empty(x.shape[1], dtype=torch.long, device=x.device)
+        inverse[torch.cat([cols1, cols2])] = torch.arange(x.shape[1], device=x.device)
+        ctx.save_for_backward(x1, x2, w1, w2, inverse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x1, x2, w1, w2, inverse = ctx.saved_tensors
+        g1, g2 = grad[: x1.shape[0]], grad[x1.shape[0] :]
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.cat([g1 @ w1, g2 @ w2], dim=1).index_select(1, inverse)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.cat([g1.T @ x1, g2.T @ x2], dim=1).index_select(1, inverse)
+        if ctx.needs_input_grad[2]:
+            grad_b = grad.sum(0)
+        return grad_x, grad_w, grad_b, None, None
