@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cvr.data import FeatureLayout, plan_shards
-from cvr.data.petastorm_reader import read_shard, training_batches
+from cvr.data.petastorm_reader import fixed_size_batches, read_shard, training_batches
 
 
 @pytest.fixture
@@ -44,6 +44,31 @@ def test_training_batches_are_fixed_size_and_stay_in_the_shard(uneven_files):
     stream.close()
     assert all(len(b["f_a"]) == 256 for b in batches)
     assert set(np.concatenate([b["f_a"] for b in batches]).tolist()) <= shard
+
+
+def test_training_batches_shuffle_rows_and_cover_one_epoch_of_the_shard(uneven_files):
+    plan = plan_shards(uneven_files, shard_count=1, batch_size=100)
+    layout = FeatureLayout.from_spec({"fields": [{"name": "a", "buckets": 10**6}, {"name": "b", "buckets": 7}]})
+    stream = training_batches(plan, ["f_a", "f_b", "click"], 0, 1, seed=5, convert=layout.to_arrays)
+    batches = [next(stream) for _ in range(plan.steps_per_epoch)]
+    stream.close()
+    ids = np.concatenate([b["sparse"][:, 0] for b in batches])
+    assert len(ids) == len(set(ids.tolist())) == plan.steps_per_epoch * 100  # no row twice within an epoch
+    assert not np.all(np.diff(ids) > 0)  # rows are not in file order
+    assert all(b["sparse"].shape == (100, 2) and b["click"].dtype == np.float32 for b in batches)
+
+
+def test_fixed_size_batches_recut_chunks_in_order():
+    chunks = [{"x": np.arange(a, b)} for a, b in ((0, 3), (3, 4), (4, 11), (11, 12), (12, 20))]
+    batches = list(fixed_size_batches(chunks, 4))
+    assert [b["x"].tolist() for b in batches] == [
+        [0, 1, 2, 3],
+        [4, 5, 6, 7],
+        [8, 9, 10, 11],
+        [12, 13, 14, 15],
+        [16, 17, 18, 19],
+    ]
+    assert list(fixed_size_batches(chunks, 30)) == []  # never a short batch
 
 
 def test_fewer_row_groups_than_ranks_is_a_clear_error(tmp_path):

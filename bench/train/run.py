@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from cvr.config import load_config  # noqa: E402
 from cvr.data import FeatureLayout, plan_shards  # noqa: E402
+from cvr.data.layout import as_tensors  # noqa: E402
 from cvr.data.petastorm_reader import training_batches  # noqa: E402
 from cvr.data.sharding import local_path  # noqa: E402
 from cvr.train.api import prepare_job, run_training  # noqa: E402
@@ -44,12 +45,12 @@ def ensure_features(cfg) -> None:
 def reader_rate(job: dict, batches: int) -> float:
     layout = FeatureLayout.from_spec(job["spec"])
     plan = plan_shards(job["train_files"], 1, job["config"]["train"]["batch_size"])
-    stream = training_batches(plan, layout.columns(), 0, 1, seed=1)
+    stream = training_batches(plan, layout.columns(), 0, 1, seed=1, convert=layout.to_arrays)
     next(stream)  # reader start-up is not throughput
     start = time.perf_counter()
     rows = 0
-    for _ in range(batches):
-        rows += layout.to_tensors(next(stream))["sparse"].shape[0]
+    for _ in range(batches):  # the trainer's path: shuffled fixed-size batches as tensors
+        rows += as_tensors(next(stream))["sparse"].shape[0]
     stream.close()
     return rows / (time.perf_counter() - start)
 

@@ -45,21 +45,30 @@ class FeatureLayout:
             cols += list(LABELS)
         return cols + [c for c in extra if c not in cols]
 
-    def to_tensors(self, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        """Column arrays of one batch -> the model's batch dict, with no per-row Python work."""
-        batch = {
-            "sparse": torch.from_numpy(np.stack([arrays[c] for c in self.sparse_columns], axis=1).astype(np.int64))
-        }
-        n = batch["sparse"].shape[0]
+    def to_arrays(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Column arrays -> the model's batch arrays (sparse [n, F] int64, dense [n, D] float32, keys
+        int64, labels float32), vectorised over all n rows: the reader converts whole row groups."""
+        out = {"sparse": np.stack([arrays[c] for c in self.sparse_columns], axis=1).astype(np.int64, copy=False)}
+        n = out["sparse"].shape[0]
         if self.dense_columns:
-            dense = np.stack([arrays[c] for c in self.dense_columns], axis=1).astype(np.float32)
-            batch["dense"] = torch.from_numpy(np.nan_to_num(dense))
+            dense = np.stack([arrays[c] for c in self.dense_columns], axis=1).astype(np.float32, copy=False)
+            dense[~np.isfinite(dense)] = 0.0  # a missing (NaN) or infinite value reads as 0
+            out["dense"] = dense
         else:
-            batch["dense"] = torch.zeros((n, 0), dtype=torch.float32)
+            out["dense"] = np.zeros((n, 0), dtype=np.float32)
         for key in KEYS:
             if key in arrays:
-                batch[key] = torch.from_numpy(np.asarray(arrays[key]).astype(np.int64))
+                out[key] = np.array(arrays[key], dtype=np.int64)  # a copy: Arrow's buffers are read-only
         for label in LABELS:
             if label in arrays:
-                batch[label] = torch.from_numpy(np.asarray(arrays[label]).astype(np.float32))
-        return batch
+                out[label] = np.array(arrays[label], dtype=np.float32)
+        return out
+
+    def to_tensors(self, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """Column arrays of one batch -> the model's batch dict, with no per-row Python work."""
+        return as_tensors(self.to_arrays(arrays))
+
+
+def as_tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Batch arrays (as FeatureLayout.to_arrays returns them) -> tensors sharing their memory."""
+    return {k: torch.from_numpy(v) for k, v in arrays.items()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -26,6 +26,7 @@ def _batch_reader(files, columns, *, shard: int | None, shard_count: int | None,
             cur_shard=shard,
             shard_count=shard_count,
             shuffle_row_groups=shuffle,
+            shuffle_rows=shuffle,  # rows shuffled inside each row group, by the worker threads
             seed=seed,
             num_epochs=epochs,
             workers_count=workers,
@@ -43,31 +44,59 @@ def _as_arrays(row_group, columns) -> dict[str, np.ndarray]:
 
 
 def training_batches(
-    plan: ShardPlan, columns: list[str], rank: int, size: int, *, seed: int, shuffle: bool = True, workers: int = 2
+    plan: ShardPlan,
+    columns: list[str],
+    rank: int,
+    size: int,
+    *,
+    seed: int,
+    shuffle: bool = True,
+    workers: int = 2,
+    convert: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Endless fixed-size batches from this rank's shard: the caller takes exactly plan.steps_per_epoch.
 
-    Row groups are shuffled by Petastorm (seeded); rows are shuffled inside a buffer of a few row groups.
-    The stream wraps around its shard, so a rank can never run dry before the agreed step count.
+    With `shuffle`, Petastorm visits the row groups in a seeded random order and its worker threads
+    shuffle the rows inside each row group. `convert` (e.g. FeatureLayout.to_arrays) runs once per
+    row group, so a batch is a contiguous slice of each array (only the batch that straddles two row
+    groups is copied). The stream wraps around its shard, so a rank can never run dry before the
+    agreed step count.
     """
-    rng = np.random.default_rng(seed * 1_000_003 + rank)
-    batch = plan.batch_size
-    buffer: dict[str, np.ndarray] | None = None
     with _batch_reader(
         plan.files, columns, shard=rank, shard_count=size, seed=seed, shuffle=shuffle, epochs=None, workers=workers
     ) as reader:
-        for row_group in reader:
-            arrays = _as_arrays(row_group, columns)
-            buffer = arrays if buffer is None else {c: np.concatenate([buffer[c], arrays[c]]) for c in columns}
-            n = len(buffer[columns[0]])
-            if n < 2 * batch:
+        row_groups = (_as_arrays(row_group, columns) for row_group in reader)
+        if convert is not None:
+            row_groups = map(convert, row_groups)
+        yield from fixed_size_batches(row_groups, plan.batch_size)
+
+
+def _rows(arrays: dict[str, np.ndarray]) -> int:
+    return len(next(iter(arrays.values())))
+
+
+def fixed_size_batches(chunks: Iterable[dict[str, np.ndarray]], batch: int) -> Iterator[dict[str, np.ndarray]]:
+    """Re-cut a stream of array dicts of any length into dicts of exactly `batch` rows, in order.
+
+    Batches inside a chunk are slices (no copy); only a batch spanning chunks is concatenated.
+    """
+    pending: list[dict[str, np.ndarray]] = []  # pieces of the next batch, fewer than `batch` rows in all
+    pending_rows = 0
+    for arrays in chunks:
+        n, start = _rows(arrays), 0
+        if pending_rows:
+            start = min(batch - pending_rows, n)
+            pending.append({k: v[:start] for k, v in arrays.items()})
+            pending_rows += start
+            if pending_rows < batch:
                 continue
-            order = rng.permutation(n) if shuffle else np.arange(n)
-            usable = (n // batch) * batch
-            for start in range(0, usable - batch + 1, batch):
-                idx = order[start : start + batch]
-                yield {c: buffer[c][idx] for c in columns}
-            buffer = {c: buffer[c][order[usable:]] for c in columns}
+            yield {k: np.concatenate([piece[k] for piece in pending]) for k in arrays}
+            pending, pending_rows = [], 0
+        while start + batch <= n:
+            yield {k: v[start : start + batch] for k, v in arrays.items()}
+            start += batch
+        if start < n:
+            pending, pending_rows = [{k: v[start:] for k, v in arrays.items()}], n - start
 
 
 def read_shard(files: tuple[str, ...], columns: list[str], rank: int, size: int, workers: int = 2):

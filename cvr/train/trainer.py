@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cvr.data.layout import FeatureLayout
+from cvr.data.layout import FeatureLayout, as_tensors
 from cvr.data.petastorm_reader import training_batches
 from cvr.data.sharding import plan_shards
 from cvr.train import checkpoint as ckpt
@@ -120,13 +120,14 @@ def train_worker(job: dict) -> dict:
         model.train()
         first = start["step_in_epoch"] if epoch == start["epoch"] else 0
         stream = training_batches(plan, columns, dist.rank, dist.size, seed=tcfg["seed"] + epoch,
-                                  shuffle=tcfg["shuffle_row_groups"], workers=tcfg["reader_workers"])  # fmt: skip
+                                  shuffle=tcfg["shuffle_row_groups"], workers=tcfg["reader_workers"],
+                                  convert=layout.to_arrays)  # fmt: skip
         for _ in range(first):  # a resumed epoch skips the batches it already trained on
             next(stream)
         progress.resume()
         loss_sum = 0.0
         for step_in_epoch in range(first, plan.steps_per_epoch):
-            batch = _to_device(layout.to_tensors(next(stream)), device)
+            batch = _to_device(as_tensors(next(stream)), device)
             out = model(batch)
             optimizers.step(out.loss, model, tcfg["grad_clip"])
             loss_sum += float(out.loss.detach())
