@@ -5,6 +5,8 @@ Each group is wrapped by Horovod separately, so sparse gradients travel as spars
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -26,6 +28,8 @@ class OptimizerSet:
         dense_opt = self._make(tcfg["optimizer"], [p for _, p in dense_named], lr, tcfg["weight_decay"], sparse=False)
         self.groups.append(dist.distributed_optimizer(dense_opt, _Named(dense_named), sparse_as_dense=True))
         if sparse_named:
+            for _, p in sparse_named:  # one row per id before the allgather: repeated ids (popular items,
+                p.register_hook(_coalesce)  # small fields) would otherwise travel and be summed on every rank
             sparse_opt = self._make(tcfg["optimizer"], [p for _, p in sparse_named], lr, 0.0, sparse=True)
             self.groups.append(dist.distributed_optimizer(sparse_opt, _Named(sparse_named), sparse_as_dense=False))
 
@@ -34,7 +38,7 @@ class OptimizerSet:
         if name == "adagrad":
             return torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay)
         if sparse:
-            return torch.optim.SparseAdam(params, lr=lr)
+            return RowSparseAdam(params, lr=lr)
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
     def step(self, loss: torch.Tensor, model, clip: float) -> None:
@@ -66,6 +70,58 @@ class OptimizerSet:
     def load_state_dict(self, state: dict) -> None:
         for i, opt in enumerate(self.groups):
             opt.load_state_dict(state[f"group{i}"])
+
+
+def _coalesce(grad: torch.Tensor) -> torch.Tensor:
+    return grad.coalesce() if grad.is_sparse else grad
+
+
+class RowSparseAdam(torch.optim.Optimizer):
+    """Adam for sparse (embedding-row) gradients: only the rows in the gradient move, as torch's SparseAdam
+    (same update: m, v per row, denominator sqrt(v) + eps, step size lr * sqrt(1 - b2^t) / (1 - b1^t)).
+
+    Rows are gathered with index_select and written back with index_copy_, which on CPU is faster
+    than SparseAdam's sparse_mask / sparse add. State is allocated up front, so Horovod's
+    broadcast_optimizer_state sends it without a warm-up step. A dense gradient is treated as sparse.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        if lr <= 0:
+            raise ValueError(f"RowSparseAdam: lr must be > 0, got {lr}")
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p] = {
+                    "step": torch.zeros((), dtype=torch.float64),
+                    "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                    "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+                }
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad if p.grad.is_sparse else p.grad.to_sparse(1)
+                grad = grad.coalesce()  # one entry per row, summed over duplicate ids (and ranks)
+                rows, values = grad.indices()[0], grad.values()
+                state = self.state[p]
+                state["step"] += 1
+                if rows.numel() == 0:
+                    continue
+                t = float(state["step"])
+                m = state["exp_avg"].index_select(0, rows).lerp_(values, 1.0 - beta1)
+                v = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(values, values, value=1.0 - beta2)
+                state["exp_avg"].index_copy_(0, rows, m)
+                state["exp_avg_sq"].index_copy_(0, rows, v)
+                step_size = group["lr"] * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
+                update = m.div_(v.sqrt_().add_(group["eps"]))
+                # rows are unique after coalesce: gather, update, scatter (index_add_ with alpha is slow on CPU)
+                p.index_copy_(0, rows, p.index_select(0, rows).sub_(update, alpha=step_size))
+        return loss
 
 
 class _Named:
