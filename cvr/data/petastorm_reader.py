@@ -13,6 +13,8 @@ from cvr.data.sharding import ShardPlan
 # pyarrow 14's legacy-dataset FutureWarnings, raised from Petastorm's reader threads: harmless (stack.md).
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\..*")
 
+_READ_AHEAD_PER_WORKER = 3  # row groups
+
 
 @contextlib.contextmanager
 def _batch_reader(files, columns, *, shard: int | None, shard_count: int | None, seed, shuffle, epochs, workers):
@@ -30,6 +32,9 @@ def _batch_reader(files, columns, *, shard: int | None, shard_count: int | None,
             seed=seed,
             num_epochs=epochs,
             workers_count=workers,
+            # Read ahead a few row groups per worker, not Petastorm's 50: with an endless stream the
+            # default decodes ~50 row groups at every epoch start, competing with training for the cores.
+            results_queue_size=_READ_AHEAD_PER_WORKER * workers,
             reader_pool_type="thread",
         )
     try:
