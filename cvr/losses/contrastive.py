@@ -19,8 +19,6 @@ the mean over all G * 2N anchors.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -91,30 +89,39 @@ def _stacked_views(h1: Tensor, h2: Tensor) -> Tensor:
     return F.normalize(torch.cat([h1, h2], dim=1).float(), dim=-1)
 
 
-@functools.lru_cache(maxsize=16)
-def _view_patterns(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """(self, partner) [2N, 2N] bool patterns of 2N stacked views, cached per size and device."""
-    idx = torch.arange(2 * n, device=device)
-    return idx[:, None] == idx[None, :], idx[None, :] == ((idx + n) % (2 * n))[:, None]
-
-
 def _positive_pairs(groups: int, n: int, dup: Tensor | None, converted: Tensor | None, device) -> tuple[Tensor, Tensor]:
     """(rows, cols) of Q(i) for G groups of 2N views: every partner, plus SPI's converted pairs.
 
-    rows index the G * 2N anchors (group-major), cols the 2N views of the anchor's group.
+    rows index the G * 2N anchors (group-major), cols the 2N views of the anchor's group. SPI pairs
+    are found among the converted samples only (O(k^2) for k conversions, not O(N^2)).
     """
     views = torch.arange(2 * n, device=device)
     rows = torch.arange(groups * 2 * n, device=device)
     cols = ((views + n) % (2 * n)).repeat(groups)
     if converted is None or not bool(converted.any()):
         return rows, cols
-    conv = converted.bool()
-    pairs = conv[:, :, None] & conv[:, None, :] & ~torch.eye(n, dtype=torch.bool, device=device)
+    group, idx = converted.bool().nonzero().unbind(1)
+    other = (group[:, None] == group[None, :]) & (idx[:, None] != idx[None, :])
     if dup is not None:
-        pairs &= ~dup
-    group, a, b = pairs.nonzero().unbind(1)
-    a = a + group * 2 * n  # anchor rows of view 1; view 2 rows are n further
+        other &= ~dup[group[:, None], idx[:, None], idx[None, :]]
+    ia, ib = other.nonzero().unbind(1)
+    a = idx[ia] + group[ia] * 2 * n  # anchor rows of view 1; view 2 rows are n further
+    b = idx[ib]
     return torch.cat([rows, a, a, a + n, a + n]), torch.cat([cols, b, b + n, b, b + n])
+
+
+def _gram(z: Tensor, scale: float) -> Tensor:
+    """scale * Z Z^T per group; one group goes through mm, which is faster than a batch-1 bmm on CPU."""
+    if z.shape[0] == 1:
+        return torch.addmm(z.new_empty(()), z[0], z[0].T, beta=0.0, alpha=scale).unsqueeze(0)
+    return torch.baddbmm(z.new_empty(()), z, z.transpose(1, 2), beta=0.0, alpha=scale)
+
+
+def _gram_backward(g: Tensor, z: Tensor) -> Tensor:
+    """(G + G^T) Z per group without materialising G + G^T (BLAS reads G^T in place)."""
+    if z.shape[0] == 1:
+        return torch.mm(g[0], z[0]).addmm_(g[0].T, z[0]).unsqueeze(0)
+    return torch.bmm(g, z).baddbmm_(g.transpose(1, 2), z)
 
 
 _NORM_EPS = 1e-12  # as F.normalize
@@ -139,7 +146,7 @@ class _MaskedNTXent(torch.autograd.Function):
         groups, m, _ = h.shape
         norm = h.norm(dim=-1, keepdim=True).clamp_min_(_NORM_EPS)
         z = h / norm
-        s = torch.baddbmm(z.new_empty(()), z, z.transpose(1, 2), beta=0.0, alpha=1.0 / temperature)
+        s = _gram(z, 1.0 / temperature)
         flat = s.view(groups * m, m)
         if dense_weights is not None:
             weights = dense_weights.reshape(groups * m, m)
@@ -177,8 +184,8 @@ class _MaskedNTXent(torch.autograd.Function):
         g = g.view(z.shape[0], z.shape[1], z.shape[1])
         if z.shape[1] <= _SMALL_GROUP:  # blocks fit in cache: one matmul with G + G^T is cheaper
             grad_z = torch.bmm(g + g.transpose(1, 2), z)
-        else:  # BLAS reads g^T in place; materialising G + G^T for big blocks is slower
-            grad_z = torch.bmm(g, z).baddbmm_(g.transpose(1, 2), z)
+        else:  # materialising G + G^T for big blocks is slower
+            grad_z = _gram_backward(g, z)
         grad_z.mul_(grad / (len(prob) * ctx.temperature))
         grad_h = grad_z.sub_(z * (z * grad_z).sum(dim=-1, keepdim=True)).div_(norm)  # through z = h / |h|
         return grad_h, None, None, None, None, None
@@ -186,10 +193,14 @@ class _MaskedNTXent(torch.autograd.Function):
 
 def _excluded_views(n: int, dup: Tensor | None, groups: int, device) -> Tensor:
     """[G, 2N, 2N] bool: the anchor itself and every view of a duplicate sample, but never the partner."""
-    self_view, partner = _view_patterns(n, torch.device(device))
+    idx = torch.arange(2 * n, device=device)
     if dup is None:
-        return self_view.expand(groups, -1, -1)
-    return (dup.bool().repeat(1, 2, 2) & ~partner) | self_view
+        excluded = torch.zeros(groups, 2 * n, 2 * n, dtype=torch.bool, device=device)
+    else:
+        excluded = dup.bool().repeat(1, 2, 2)
+    excluded[:, idx, (idx + n) % (2 * n)] = False
+    excluded[:, idx, idx] = True
+    return excluded
 
 
 def info_nce_loss(h1: Tensor, h2: Tensor, temperature: float, duplicates: Tensor | None = None,
