@@ -344,17 +344,22 @@ def _dup_value(value: Any) -> Any:
 
 
 def _spark_token(col):
+    """The value token (N, or S<len>:<text>) as one concat: Spark allocates one string per token, not one per part."""
     from pyspark.sql import functions as F
 
     text = col.cast("string")
-    return F.when(col.isNull(), F.lit(NULL_TOKEN)).otherwise(F.concat(F.lit("S"), F.length(text).cast("string"), F.lit(":"), text))  # fmt: skip
+    return F.coalesce(F.concat(F.lit("S"), F.length(text).cast("string"), F.lit(":"), text), F.lit(NULL_TOKEN))
 
 
 def _spark_hash(namespace: str, seed: int, cols: list):
+    """xxhash64 of the canonical string, built by one concat from a literal prefix and the value tokens (the same
+    bytes as joining namespace, seed and tokens with SEPARATOR; a token shared by several hashes is computed once)."""
     from pyspark.sql import functions as F
 
-    parts = [F.lit(namespace), F.lit(str(seed)), *(_spark_token(c) for c in cols)]
-    return F.xxhash64(F.concat_ws(SEPARATOR, *parts))
+    parts = [F.lit(f"{namespace}{SEPARATOR}{seed}")]
+    for col in cols:
+        parts += [F.lit(SEPARATOR), _spark_token(col)]
+    return F.xxhash64(F.concat(*parts))
 
 
 def validate_columns(df, spec: HashingSpec, table: str = "samples") -> None:
