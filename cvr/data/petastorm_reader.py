@@ -28,7 +28,6 @@ def _batch_reader(files, columns, *, shard: int | None, shard_count: int | None,
             cur_shard=shard,
             shard_count=shard_count,
             shuffle_row_groups=shuffle,
-            shuffle_rows=shuffle,  # rows shuffled inside each row group, by the worker threads
             seed=seed,
             num_epochs=epochs,
             workers_count=workers,
@@ -61,8 +60,8 @@ def training_batches(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Endless fixed-size batches from this rank's shard: the caller takes exactly plan.steps_per_epoch.
 
-    With `shuffle`, Petastorm visits the row groups in a seeded random order and its worker threads
-    shuffle the rows inside each row group. `convert` (e.g. FeatureLayout.to_arrays) runs once per
+    With `shuffle`, Petastorm visits the row groups in a seeded random order and the rows inside each
+    row group are permuted (seeded per rank) after conversion, when a row group is a few wide arrays. `convert` (e.g. FeatureLayout.to_arrays) runs once per
     row group, so a batch is a contiguous slice of each array (only the batch that straddles two row
     groups is copied). The stream wraps around its shard, so a rank can never run dry before the
     agreed step count.
@@ -73,7 +72,18 @@ def training_batches(
         row_groups = (_as_arrays(row_group, columns) for row_group in reader)
         if convert is not None:
             row_groups = map(convert, row_groups)
+        if shuffle:
+            row_groups = _shuffled_rows(row_groups, np.random.default_rng(seed * 1_000_003 + rank))
         yield from fixed_size_batches(row_groups, plan.batch_size)
+
+
+def _shuffled_rows(
+    chunks: Iterable[dict[str, np.ndarray]], rng: np.random.Generator
+) -> Iterator[dict[str, np.ndarray]]:
+    """Each chunk with its rows in a random order: one gather per (already converted, so few) array."""
+    for arrays in chunks:
+        order = rng.permutation(_rows(arrays))
+        yield {k: np.take(v, order, axis=0) for k, v in arrays.items()}
 
 
 def _rows(arrays: dict[str, np.ndarray]) -> int:
