@@ -157,6 +157,7 @@ HEADLINES = (
     ("(build-samples + hash-features) / plain copy", "pipeline", ("ratio_to_copy",), "target <= 3"),
     ("ESMM train step, batch 1024", "models", ("models", "esmm", "ms_per_1000_samples"), "ms per 1k samples"),
     ("CL4CVR step / ESMM step", "models", ("cl4cvr_over_esmm_step_time",), "target <= 2.0"),
+    ("CL4CVR step / ESMM step, whole-batch contrast", "models", ("cl4cvr_whole_batch_over_esmm_step_time",), "group_size 0, for reference"),
     ("Petastorm reader -> tensors", "train", ("reader_rows_per_s",), "rows/s"),
     ("raw pyarrow read (ceiling)", "train", ("pyarrow_rows_per_s",), "rows/s"),
     ("reader / pyarrow", "train", ("ratios", "reader_over_pyarrow"), "target >= 0.5"),

@@ -147,6 +147,7 @@ def run_all(args: argparse.Namespace) -> dict:
             "load_average_1m_at_end": round(os.getloadavg()[0], 2),  # other jobs share these cores
         },
         "cl4cvr_over_esmm_step_time": ratios[0]["ratio"],
+        "cl4cvr_whole_batch_over_esmm_step_time": ratios[1]["ratio"],
         "cl4cvr_over_esmm_target": 2.0,
         "cl_over_esmm_interleaved": ratios,
         "models": rows,
