@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 
@@ -12,6 +13,8 @@ from cvr.data.sharding import ShardPlan
 
 # pyarrow 14's legacy-dataset FutureWarnings, raised from Petastorm's reader threads: harmless (stack.md).
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\..*")
+# Our tables are plain Parquet (no Petastorm metadata), so every reader would log two INFO lines saying so.
+logging.getLogger("petastorm.etl.dataset_metadata").setLevel(logging.WARNING)
 
 _READ_AHEAD_PER_WORKER = 3  # row groups
 
