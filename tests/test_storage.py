@@ -12,6 +12,7 @@ from pyspark.sql import functions as F
 
 from cvr.storage import (
     SchemaError,
+    count_rows,
     enforce,
     list_partitions,
     read_table,
@@ -86,6 +87,39 @@ def test_failed_write_leaves_previous_partition_readable(spark, tmp_path, fmt):
     assert table_version(root, "clicks") == version_before
     leftovers = [d for d in os.listdir(table_path(root, "clicks")) if d in ("_staging", "_trash")]
     assert leftovers == []
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "delta"])
+def test_before_commit_sees_staged_rows_and_can_refuse(spark, tmp_path, fmt):
+    root = str(tmp_path)
+    write_partitions(_clicks(spark, {"2026-01-01": 6}), root, "clicks", fmt=fmt)
+    before = _sorted_rows(read_table(spark, root, "clicks"))
+    seen = []
+
+    def refuse(rows_by_ds):
+        seen.append(rows_by_ds)
+        raise RuntimeError("does not balance")
+
+    with pytest.raises(RuntimeError, match="does not balance"):
+        write_partitions(_clicks(spark, {"2026-01-01": 4, "2026-01-02": 3}, tag="b"), root, "clicks", fmt=fmt, before_commit=refuse)  # fmt: skip
+    assert seen == [{"2026-01-01": 4, "2026-01-02": 3}]
+    assert _sorted_rows(read_table(spark, root, "clicks")) == before
+    assert [d for d in os.listdir(table_path(root, "clicks")) if d in ("_staging", "_trash")] == []
+    report = write_partitions(_clicks(spark, {"2026-01-02": 3}), root, "clicks", fmt=fmt, before_commit=seen.append)
+    assert seen[-1] == {"2026-01-02": 3} and report["rows"] == 3
+    assert count_rows(root, "clicks", ["2026-01-01", "2026-01-02"]) == (9 if fmt == "parquet" else None)
+
+
+def test_plain_columns_are_written_without_a_dictionary(spark, tmp_path):
+    root = str(tmp_path)
+    assert load_schema("features").plain_columns == ("impression_id", "dup_key")
+    short = F.col("impression_id").substr(1, 5)  # imp-0 .. imp-9: few values, which Parquet would dictionary-encode
+    repeats = _clicks(spark, {"2026-01-01": 200}).withColumn("click_id", short).withColumn("impression_id", short)
+    write_partitions(repeats.coalesce(1), root, "clicks", plain_columns=("click_id",))
+    meta = pq.ParquetFile(table_files(root, "clicks")[0][len("file://") :]).metadata
+    encodings = {meta.row_group(0).column(i).path_in_schema: meta.row_group(0).column(i).encodings for i in range(meta.num_columns)}  # fmt: skip
+    assert not any("DICTIONARY" in e for e in encodings["click_id"]), encodings
+    assert any("DICTIONARY" in e for e in encodings["impression_id"]), encodings
 
 
 def test_interrupted_swap_is_recovered_on_next_write(spark, tmp_path):

@@ -10,9 +10,11 @@ from cvr.storage.schema import (
     validate_rows,
 )
 from cvr.storage.tables import (
+    count_rows,
     delete_partitions,
     list_partitions,
     read_table,
+    sql_conf,
     table_exists,
     table_files,
     table_format,
@@ -26,12 +28,14 @@ from cvr.storage.tables import (
 __all__ = [
     "SchemaError",
     "arrow_schema",
+    "count_rows",
     "delete_partitions",
     "enforce",
     "list_partitions",
     "load_schema",
     "read_table",
     "spark_schema",
+    "sql_conf",
     "table_exists",
     "table_files",
     "table_format",

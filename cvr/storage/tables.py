@@ -20,6 +20,7 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 
 
 @contextlib.contextmanager
-def _sql_conf(spark, settings: dict[str, str]):
+def sql_conf(spark, settings: dict[str, str]):
     """Set Spark SQL confs for the duration of a block, restoring the previous values."""
     previous = {k: spark.conf.get(k, None) for k in settings}
     for key, value in settings.items():
@@ -204,10 +205,16 @@ def write_partitions(
     fmt: str = "parquet",
     row_group_rows: int = 20000,
     max_rows_per_file: int = 200000,
+    before_commit: Callable[[dict[str, int]], None] | None = None,
+    plain_columns: tuple[str, ...] | list[str] = (),
 ) -> dict:
     """Replace exactly the ds partitions present in `df` in table `name`; returns a JSON-able report.
 
     Report: {table, format, path, partitions, rows, files (parquet) | version (delta)}.
+    `before_commit({ds: rows written})` runs after the rows are written (staged, invisible to readers) and
+    before they are swapped in or committed; when it raises, nothing is published and the staged files go.
+    `plain_columns`: columns written without dictionary encoding (unique values such as ids or row hashes: the
+    Parquet writer would build a dictionary per row group only to abandon it).
     """
     if fmt not in FORMATS:
         raise ValueError(f"table '{name}': format {fmt!r} is not one of {FORMATS}")
@@ -221,12 +228,14 @@ def write_partitions(
 
     spark = df.sparkSession
     if fmt == "delta" and spark_has_delta(spark):
-        return _write_delta_spark(df, path, name)
+        return _write_delta_spark(df, path, name, before_commit)
     os.makedirs(path, exist_ok=True)
     _recover_interrupted_swaps(path)
     stage = os.path.join(path, STAGING_DIR, uuid.uuid4().hex)
     try:
-        staged, block_size = _write_staging(df, path, stage, row_group_rows, max_rows_per_file)
+        staged, block_size = _write_staging(df, path, stage, row_group_rows, max_rows_per_file, plain_columns)
+        if before_commit is not None:
+            before_commit({ds: _count_rows(files) for ds, files in staged.items()})
         if fmt == "parquet":
             report = _swap_parquet_partitions(path, stage, staged)
         else:
@@ -241,22 +250,25 @@ def write_partitions(
         _remove_if_empty(os.path.join(path, STAGING_DIR))
 
 
-def _write_staging(df, path: str, stage: str, row_group_rows: int, max_rows_per_file: int):
+def _write_staging(df, path: str, stage: str, row_group_rows: int, max_rows_per_file: int, plain_columns=()):
     block_size = int(max(row_group_rows * _bytes_per_row(path, df), 64 * 1024))
     spark = df.sparkSession
     settings = {
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",  # readable by delta-rs / petastorm
         "spark.sql.sources.partitionOverwriteMode": "static",
     }
-    with _sql_conf(spark, settings):
-        (
-            df.write.mode("overwrite")
-            .partitionBy(PARTITION_COLUMN)
-            .option("maxRecordsPerFile", int(max_rows_per_file))
-            .option("parquet.block.size", block_size)
-            .option("compression", "snappy")
-            .parquet(_uri(stage))
-        )
+    writer = (
+        df.write.mode("overwrite")
+        .partitionBy(PARTITION_COLUMN)
+        .option("maxRecordsPerFile", int(max_rows_per_file))
+        .option("parquet.block.size", block_size)
+        .option("compression", "snappy")
+    )
+    for column in plain_columns:
+        if column in df.columns:
+            writer = writer.option(f"parquet.enable.dictionary#{column}", "false")
+    with sql_conf(spark, settings):
+        writer.parquet(_uri(stage))
     staged = {}
     for entry in sorted(os.listdir(stage)):
         if entry.startswith(f"{PARTITION_COLUMN}="):
@@ -378,11 +390,19 @@ def _commit_delta_rs(path: str, name: str, staged: dict[str, list[str]]) -> dict
     }
 
 
-def _write_delta_spark(df, path: str, name: str) -> dict:
-    """Spark's own Delta writer (Delta jars present): replaceWhere on the ds values in df."""
+def _write_delta_spark(df, path: str, name: str, before_commit=None) -> dict:
+    """Spark's own Delta writer (Delta jars present): replaceWhere on the ds values in df.
+
+    With `before_commit`, the rows per ds are counted first (one more pass over df: this writer has no staging).
+    """
     from delta.tables import DeltaTable as SparkDeltaTable
 
-    partitions = sorted(r[0] for r in df.select(PARTITION_COLUMN).distinct().collect())
+    if before_commit is not None:
+        rows_by_ds = {r[0]: int(r[1]) for r in df.groupBy(PARTITION_COLUMN).count().collect()}
+        before_commit(rows_by_ds)
+        partitions = sorted(rows_by_ds)
+    else:
+        partitions = sorted(r[0] for r in df.select(PARTITION_COLUMN).distinct().collect())
     if not partitions:
         return {"table": name, "format": "delta", "path": path, "partitions": [], "rows": 0}
     quoted = ", ".join("'" + p.replace("'", "''") + "'" for p in partitions)
@@ -440,6 +460,15 @@ def table_files(root, name: str, ds: str | list[str] | None = None, version: int
     return [_uri(f) for d in sorted(days) for f in _data_files(_partition_dir(path, d))]
 
 
+def count_rows(root, name: str, ds: str | list[str] | None = None) -> int | None:
+    """Rows in the table's partitions `ds` from the Parquet footers alone (no Spark job); None for Delta tables,
+    whose files may carry deletion vectors (count those through Spark)."""
+    path = table_path(root, name)
+    if _require_table(path, name) != "parquet":
+        return None
+    return _count_rows([f[len("file://") :] for f in table_files(root, name, ds=ds)])
+
+
 def list_partitions(root, name: str, version: int | None = None) -> list[str]:
     """Sorted ds values present in the table (at `version` for Delta)."""
     path = table_path(root, name)
@@ -480,7 +509,7 @@ def read_table(spark, root, name: str, ds: str | list[str] | None = None, versio
     if not files:
         return _empty_frame(spark, path, name, fmt, version)
     # ds comes from the folder names; keep it a string (type inference would turn 2026-01-01 into a date).
-    with _sql_conf(spark, {"spark.sql.sources.partitionColumnTypeInference.enabled": "false"}):
+    with sql_conf(spark, {"spark.sql.sources.partitionColumnTypeInference.enabled": "false"}):
         return spark.read.option("basePath", _uri(path)).parquet(*files)
 
 
