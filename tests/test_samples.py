@@ -270,3 +270,17 @@ def read_table_rows(spark, root, name, ds):
     from cvr.storage import read_table
 
     return read_table(spark, str(root), name, ds=ds).collect()
+
+
+def test_stage_publishes_nothing_when_the_accounting_does_not_balance(spark, tmp_path, monkeypatch):
+    """Input rows come from the input files' footers, used impressions from the staged sample rows: a mismatch
+    (here: one input impression too many) stops the day before the samples or the quarantine are published."""
+    from cvr.pipeline import stages
+    from cvr.storage import count_rows, table_exists
+
+    write_events(spark, tmp_path)
+    off_by_one = lambda root, name, ds=None: count_rows(root, name, ds) + (name == "impressions")  # noqa: E731
+    monkeypatch.setattr(stages, "count_rows", off_by_one)
+    with pytest.raises(stages.UnbalancedCountsError, match=r"impressions: input 9 != accounted 8"):
+        stages.run_build_samples(spark, stage_config(tmp_path), D)
+    assert not table_exists(str(tmp_path), "samples") and not table_exists(str(tmp_path), "quarantine_build_samples")

@@ -73,16 +73,62 @@ def _status_from(conditions: list[tuple], default: str):
     return expr.otherwise(F.lit(default))
 
 
-def classify_impressions(impressions, ds: str):
-    """Impressions with a `_status` column; only impressions of `ds` can be used."""
+def _impression_flags():
+    """(null_key, null_required, good) Spark conditions of an impression row."""
+    from pyspark.sql import functions as F
+
+    null_key = F.col("impression_id").isNull()
+    null_required = reduce(lambda a, b: a | b, [F.col(c).isNull() for c in IMPRESSION_REQUIRED[1:]])
+    return null_key, null_required, ~null_key & ~null_required
+
+
+def duplicated_impression_ids(own):
+    """Ids held by more than one valid impression row of the day, with `_dup` = true (small: repeats are rare).
+
+    Only the impression id and the required fields are read, so finding them costs a narrow scan and a shuffle of
+    ids, not of whole rows.
+    """
+    from pyspark.sql import functions as F
+
+    _, _, good = _impression_flags()
+    counted = own.where(good).groupBy("impression_id").agg(F.count(F.lit(1)).alias("_n"))
+    return counted.where(F.col("_n") > 1).select("impression_id", F.lit(True).alias("_dup"))
+
+
+@dataclass
+class ImpressionParts:
+    """The impressions input with a `_status` column, in three parts that together hold every input row once.
+
+    * ``clean``: valid impressions of the day whose id no other valid row holds: all ``used`` (the bulk, never
+      shuffled);
+    * ``exceptional``: the day's invalid impressions and the valid rows sharing an id, ranked by the same rule as
+      always (small; ``used`` for the first row of each repeated id, else deduplicated or quarantined);
+    * ``context``: other days' impressions, ``outside`` (values nulled: only counted).
+    """
+
+    clean: object
+    exceptional: object
+    context: object
+
+    def all(self):
+        return self.clean.unionByName(self.exceptional).unionByName(self.context)
+
+
+def split_impressions(impressions, ds: str, reuse=None) -> ImpressionParts:
+    """Classify the impressions; only impressions of `ds` can be used. `reuse` as in classify_all."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
+    reuse = reuse or (lambda df: df)
     cols = impressions.columns
     own = impressions.where(F.col("ds") == F.lit(ds))
-    null_key = F.col("impression_id").isNull()
-    null_required = reduce(lambda a, b: a | b, [F.col(c).isNull() for c in IMPRESSION_REQUIRED[1:]])
-    good = ~null_key & ~null_required
+    null_key, null_required, good = _impression_flags()
+    dup_ids = reuse(duplicated_impression_ids(own))
+    # No broadcast hint: dup_ids is small when repeats are rare (Spark then broadcasts it by its size), and a day
+    # with many repeats still joins, by shuffle, instead of failing to broadcast.
+    clean = own.where(good).join(dup_ids, "impression_id", "left_anti").select(*cols, F.lit(USED).alias("_status"))
+    # Every row of a repeated id is in `exceptional`, so ranking within it equals ranking over the whole day.
+    flagged = own.join(dup_ids, "impression_id", "left").where(~good | F.col("_dup").isNotNull()).select(*cols)
     rank = F.row_number().over(Window.partitionBy(good, "impression_id").orderBy(*[F.col(c).asc_nulls_first() for c in cols]))  # fmt: skip
     status = _status_from(
         [
@@ -92,6 +138,8 @@ def classify_impressions(impressions, ds: str):
         ],
         USED,
     )
+    # Few rows: one partition, so they land in one samples file and one quarantine file, not one per shuffle slot.
+    exceptional = reuse(flagged.withColumn("_status", status).coalesce(1))
     # Other days' impressions are only context for matching events: they are counted as outside and never
     # quarantined, so their values are not carried (the scan then reads only ds, and caching them is cheap).
     types = dict(impressions.dtypes)
@@ -99,7 +147,12 @@ def classify_impressions(impressions, ds: str):
         *[F.lit(None).cast(types[c]).alias(c) if c != "ds" else F.col("ds") for c in cols],
         F.lit(OUTSIDE).alias("_status"),
     )
-    return own.withColumn("_status", status).unionByName(context)
+    return ImpressionParts(clean=clean, exceptional=exceptional, context=context)
+
+
+def classify_impressions(impressions, ds: str):
+    """Impressions with a `_status` column; only impressions of `ds` can be used."""
+    return split_impressions(impressions, ds).all()
 
 
 def impression_lookup(impressions, referenced_ids=None):
@@ -120,36 +173,50 @@ def impression_lookup(impressions, referenced_ids=None):
     )
 
 
-def classify_events(
-    events, source: EventSource, lookup, ds: str, window_days: int, max_skew_seconds: int, clicked=None
-):
-    """Events with a `_status` column. `clicked` (impression ids with a used click) enforces the funnel."""
+EVENT_SOURCES = (CLICKS, BEHAVIOURS, CONVERSIONS)
+
+
+def classify_events(events: dict, lookup, ds: str, window_days: int, max_skew_seconds: int, reuse=None) -> dict:
+    """{table: its events with a `_status` column} for the clicks, behaviours and conversions in `events`.
+
+    The three tables are classified together, as one union tagged with `_source`, so that each step (lookup join,
+    the two de-duplication windows, the funnel check) is one Spark stage for all of them rather than one per table.
+    Every window partitions by `_source` and orders by the row's own table's columns (the other tables' columns
+    are null in its rows), so each row gets the status it would get with its table classified alone.
+    `reuse` as in classify_parts.
+    """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    cols = events.columns
+    reuse = reuse or (lambda df: df)
+    columns = {src.name: events[src.name].columns for src in EVENT_SOURCES}
+    tagged = [
+        events[src.name].select("*", F.lit(src.name).alias("_source"), F.col(src.id_column).alias("_id"))
+        for src in EVENT_SOURCES
+    ]
+    fused = reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True), tagged)
+    source = F.col("_source")
+    is_behaviour = source == BEHAVIOURS.name
+    identity = [c for src in EVENT_SOURCES for c in src.identity_columns]
+    order = [F.when(source == name, F.col(c)).asc_nulls_first() for name, cols in columns.items() for c in cols]
+
     day = F.lit(ds).cast("date")
-    df = events.withColumn("_event_day", F.to_date("ds")).join(lookup, "impression_id", "left")
-    if clicked is not None:
-        df = df.join(clicked, "impression_id", "left")
+    df = fused.withColumn("_event_day", F.to_date("ds")).join(lookup, "impression_id", "left")
     found = F.col("_imp_day").isNotNull()
     offset = F.datediff("_event_day", "_imp_day")
     in_window = found & (offset >= 0) & (offset <= window_days)
     home = F.when(in_window, F.col("_imp_day") == day).otherwise(F.col("_event_day") == day)
 
-    key_columns = [source.id_column, "impression_id", "ts", *source.identity_columns]
-    null_key = reduce(lambda a, b: a | b, [F.col(c).isNull() for c in key_columns])
-    invalid = F.lit(False)
-    if source is BEHAVIOURS:
-        ok_pair = ((F.col("kind") == "micro") & F.col("action").isin(*MICRO_ACTIONS)) | (
-            (F.col("kind") == "macro") & F.col("action").isin(*MACRO_ACTIONS)
-        )
-        invalid = ~ok_pair
+    null_key = F.col("_id").isNull() | F.col("impression_id").isNull() | F.col("ts").isNull()
+    null_key = null_key | (is_behaviour & reduce(lambda a, b: a | b, [F.col(c).isNull() for c in BEHAVIOURS.identity_columns]))  # fmt: skip
+    ok_pair = ((F.col("kind") == "micro") & F.col("action").isin(*MICRO_ACTIONS)) | (
+        (F.col("kind") == "macro") & F.col("action").isin(*MACRO_ACTIONS)
+    )
+    invalid = is_behaviour & ~ok_pair
     candidate = home & ~null_key & ~invalid
-    order = [F.col(c).asc_nulls_first() for c in cols]
-    df = df.withColumn("_rank_id", F.row_number().over(Window.partitionBy(candidate, source.id_column).orderBy(*order)))
+    df = df.withColumn("_rank_id", F.row_number().over(Window.partitionBy(candidate, source, "_id").orderBy(*order)))
     first_of_id = candidate & (F.col("_rank_id") == 1)
-    same_event = Window.partitionBy(first_of_id, "impression_id", "ts", *source.identity_columns).orderBy(*order)
+    same_event = Window.partitionBy(first_of_id, source, "impression_id", "ts", *identity).orderBy(*order)
     df = df.withColumn("_rank_event", F.row_number().over(same_event))
     skew = F.expr(f"INTERVAL {int(max_skew_seconds)} SECONDS")
     conditions = [
@@ -162,9 +229,20 @@ def classify_events(
         (F.col("_imp_valid") == 0, QUARANTINED + "impression_quarantined"),
         (F.col("ts") < F.col("_imp_ts") - skew, QUARANTINED + "before_impression"),
     ]
-    if clicked is not None:
-        conditions.append((F.col("_clicked").isNull(), QUARANTINED + "no_click"))
-    return df.withColumn("_status", _status_from(conditions, USED)).select(*cols, "_status")
+    keep = list(dict.fromkeys(c for cols in columns.values() for c in cols))
+    ranked = reuse(df.select(*keep, "_source", _status_from(conditions, USED).alias("_status")))
+    # The funnel: a behaviour or conversion that would be used needs a used click on its impression (last rule).
+    clicked = ranked.where((source == CLICKS.name) & (F.col("_status") == USED)).select("impression_id").distinct()
+    clicked = clicked.withColumn("_clicked", F.lit(True))
+    funnel = (source != CLICKS.name) & (F.col("_status") == USED) & F.col("_clicked").isNull()
+    classified = reuse(
+        ranked.join(F.broadcast(clicked), "impression_id", "left").select(
+            *keep,
+            "_source",
+            F.when(funnel, F.lit(QUARANTINED + "no_click")).otherwise(F.col("_status")).alias("_status"),
+        )
+    )
+    return {name: classified.where(source == name).select(*cols, "_status") for name, cols in columns.items()}
 
 
 def _quarantine_rows(classified, source: str, ds: str):
@@ -180,16 +258,25 @@ def _quarantine_rows(classified, source: str, ds: str):
     )
 
 
-def counts_by_status(classified: dict) -> dict:
-    """{table: {input, used, deduplicated, outside, quarantined: {reason: n}}} from one Spark job."""
+def input_counts(frames: dict) -> dict:
+    """{table: rows} of the unclassified inputs, counted in one Spark job (the identity's independent side)."""
+    from pyspark.sql import functions as F
+
+    tagged = [df.select(F.lit(name).alias("source")) for name, df in frames.items()]
+    rows = reduce(lambda a, b: a.unionByName(b), tagged).groupBy("source").count().collect()
+    return {name: 0 for name in frames} | {row["source"]: int(row["count"]) for row in rows}
+
+
+def counts_by_status(classified: dict, inputs: dict) -> dict:
+    """{table: {input, used, deduplicated, outside, quarantined: {reason: n}}}: statuses from one Spark job over the
+    classified rows, `input` from `inputs` ({table: rows}, counted independently: see check_identity)."""
     from pyspark.sql import functions as F
 
     tagged = [df.select(F.lit(name).alias("source"), "_status") for name, df in classified.items()]
     rows = reduce(lambda a, b: a.unionByName(b), tagged).groupBy("source", "_status").count().collect()
-    counts = {name: {"input": 0, USED: 0, DEDUPLICATED: 0, OUTSIDE: 0, "quarantined": {}} for name in classified}
+    counts = {name: {"input": int(inputs[name]), USED: 0, DEDUPLICATED: 0, OUTSIDE: 0, "quarantined": {}} for name in classified}  # fmt: skip
     for row in rows:
         entry = counts[row["source"]]
-        entry["input"] += row["count"]
         if row["_status"].startswith(QUARANTINED):
             reason = row["_status"][len(QUARANTINED) :]
             entry["quarantined"][reason] = entry["quarantined"].get(reason, 0) + row["count"]
@@ -202,21 +289,40 @@ def _labelled_samples(impressions, clicks, behaviours, conversions, ds: str):
     from pyspark.sql import functions as F
 
     used = F.col("_status") == USED
-    n_clicks = clicks.where(used).groupBy("impression_id").agg(F.count("*").alias("_n_clicks"))
-    n_behaviours = (
-        behaviours.where(used)
+    one, zero = F.lit(1), F.lit(0)
+
+    def kind_is(kind: str):
+        return (F.col("kind") == kind).cast("int")
+
+    tagged = [
+        clicks.where(used).select(
+            "impression_id", one.alias("_c"), zero.alias("_mi"), zero.alias("_ma"), zero.alias("_cv")
+        ),  # fmt: skip
+        behaviours.where(used).select(
+            "impression_id",
+            zero.alias("_c"),
+            kind_is("micro").alias("_mi"),
+            kind_is("macro").alias("_ma"),
+            zero.alias("_cv"),
+        ),  # fmt: skip
+        conversions.where(used).select(
+            "impression_id", zero.alias("_c"), zero.alias("_mi"), zero.alias("_ma"), one.alias("_cv")
+        ),  # fmt: skip
+    ]
+    # One aggregate of all used events per impression, joined once (small: one row per engaged impression).
+    per_impression = (
+        reduce(lambda a, b: a.unionByName(b), tagged)
         .groupBy("impression_id")
         .agg(
-            F.sum((F.col("kind") == "micro").cast("int")).alias("n_micro"),
-            F.sum((F.col("kind") == "macro").cast("int")).alias("n_macro"),
+            F.sum("_c").alias("_n_clicks"),
+            F.sum("_mi").alias("n_micro"),
+            F.sum("_ma").alias("n_macro"),
+            F.sum("_cv").alias("n_conversions"),
         )
     )
-    n_conversions = conversions.where(used).groupBy("impression_id").agg(F.count("*").alias("n_conversions"))
     joined = (
         impressions.where(used)
-        .join(n_clicks, "impression_id", "left")
-        .join(n_behaviours, "impression_id", "left")
-        .join(n_conversions, "impression_id", "left")
+        .join(per_impression, "impression_id", "left")
         .withColumn("hour", F.hour("ts"))
         .fillna(0, subset=["_n_clicks", "n_micro", "n_macro", "n_conversions"])
         .withColumn("click", (F.col("_n_clicks") > 0).cast("int"))
@@ -232,12 +338,27 @@ def _spark_type(name: str) -> str:
     return {"long": "bigint", "int": "int", "double": "double", "float": "float"}.get(name, name)
 
 
-def classify_all(impressions, clicks, behaviours, conversions, ds: str, window_days: int, max_skew_seconds: int, reuse=None) -> dict:  # fmt: skip
-    """{table: input rows with a `_status` column}; the three outputs below are all derived from these.
+@dataclass
+class Classified:
+    """Every input row with a `_status` column: the impressions in parts (see ImpressionParts), the events whole."""
 
-    `reuse`: optional DataFrame -> DataFrame (e.g. persist) applied to the intermediate frames used more than
-    once (the impression lookup, the clicked impressions), so a caller that owns their lifetime avoids recomputing.
-    """
+    impressions: ImpressionParts
+    events: dict
+
+    def tables(self) -> dict:
+        """{table: all its input rows with `_status`}."""
+        return {"impressions": self.impressions.all(), **self.events}
+
+    def without_clean(self) -> dict:
+        """As tables(), less the clean impressions (all used): what is left to count after writing the samples."""
+        parts = self.impressions
+        return {"impressions": parts.exceptional.unionByName(parts.context), **self.events}
+
+
+def classify_parts(impressions, clicks, behaviours, conversions, ds: str, window_days: int, max_skew_seconds: int, reuse=None) -> Classified:  # fmt: skip
+    """Classify every input row. `reuse`: optional DataFrame -> DataFrame (e.g. persist) applied to the small frames
+    used more than once (impression lookup, clicked impressions, repeated impression ids, exceptional impressions,
+    classified events), so a caller that owns their lifetime avoids recomputing them."""
     from pyspark.sql import functions as F
 
     for df, table in ((impressions, "impressions"), (clicks, "clicks"), (behaviours, "behaviours"), (conversions, "conversions")):  # fmt: skip
@@ -245,16 +366,14 @@ def classify_all(impressions, clicks, behaviours, conversions, ds: str, window_d
     referenced = reduce(lambda a, b: a.unionByName(b), [df.select("impression_id") for df in (clicks, behaviours, conversions)])  # fmt: skip
     reuse = reuse or (lambda df: df)
     lookup = reuse(impression_lookup(impressions, referenced.where(F.col("impression_id").isNotNull()).distinct()))
-    args = (lookup, ds, window_days, max_skew_seconds)
-    clicks_c = reuse(classify_events(clicks, CLICKS, *args))
-    clicked = clicks_c.where(clicks_c["_status"] == USED).select("impression_id").distinct().withColumn("_clicked", _one())  # fmt: skip
-    clicked = reuse(clicked)
-    return {
-        "impressions": classify_impressions(impressions, ds),
-        "clicks": clicks_c,
-        "behaviours": classify_events(behaviours, BEHAVIOURS, *args, clicked=clicked),
-        "conversions": classify_events(conversions, CONVERSIONS, *args, clicked=clicked),
-    }
+    frames = {"clicks": clicks, "behaviours": behaviours, "conversions": conversions}
+    events = classify_events(frames, lookup, ds, window_days, max_skew_seconds, reuse)
+    return Classified(impressions=split_impressions(impressions, ds, reuse), events=events)
+
+
+def classify_all(impressions, clicks, behaviours, conversions, ds: str, window_days: int, max_skew_seconds: int, reuse=None) -> dict:  # fmt: skip
+    """{table: input rows with a `_status` column}; the three outputs below are all derived from these."""
+    return classify_parts(impressions, clicks, behaviours, conversions, ds, window_days, max_skew_seconds, reuse).tables()  # fmt: skip
 
 
 def samples_from(classified: dict, ds: str):
@@ -271,17 +390,16 @@ def quarantine_from(classified: dict, ds: str):
 def build_samples(impressions, clicks, behaviours, conversions, ds: str, window_days: int, max_skew_seconds: int):
     """-> (samples_df, quarantine_df, counts). See the module doc for which rows each day's build owns."""
     classified = classify_all(impressions, clicks, behaviours, conversions, ds, window_days, max_skew_seconds)
-    return samples_from(classified, ds), quarantine_from(classified, ds), counts_by_status(classified)
-
-
-def _one():
-    from pyspark.sql import functions as F
-
-    return F.lit(1)
+    inputs = input_counts({"impressions": impressions, "clicks": clicks, "behaviours": behaviours, "conversions": conversions})  # fmt: skip
+    return samples_from(classified, ds), quarantine_from(classified, ds), counts_by_status(classified, inputs)
 
 
 def check_identity(counts: dict) -> list[str]:
-    """Tables whose input rows != used + deduplicated + quarantined + outside (empty when all balance)."""
+    """Tables whose input rows != used + deduplicated + quarantined + outside (empty when all balance).
+
+    `input` must be counted apart from the classification (input_counts, or the input files' footers), so that
+    a row lost or repeated by the classification's joins shows up here.
+    """
     bad = []
     for name, c in counts.items():
         total = c[USED] + c[DEDUPLICATED] + c[OUTSIDE] + sum(c["quarantined"].values())

@@ -19,11 +19,14 @@ from pyspark import StorageLevel
 from cvr.config import CONF_DIR, Config
 from cvr.pipeline import aliccp, hashing, samples
 from cvr.storage import (
+    count_rows,
     delete_partitions,
     enforce,
     list_partitions,
+    load_schema,
     read_table,
     spark_schema,
+    sql_conf,
     table_exists,
     table_path,
     write_json_atomic,
@@ -54,9 +57,11 @@ def _parse_ds(ds: str) -> dt.date:
         raise StageInputError(f"--ds: expected a date YYYY-MM-DD, got {ds!r}") from exc
 
 
-def _write(cfg: Config, df, name: str) -> dict:
+def _write(cfg: Config, df, name: str, schema: str | None = None, before_commit=None) -> dict:
+    """Write table `name`; `schema` (the contract df follows) names the columns to write without a dictionary."""
     s = cfg.storage
-    return _write_partitions(df, s.root, name, s.format, s.row_group_rows, s.max_rows_per_file)
+    plain = load_schema(schema).plain_columns if schema else ()
+    return _write_partitions(df, s.root, name, s.format, s.row_group_rows, s.max_rows_per_file, before_commit, plain)
 
 
 def _read_days(spark, cfg: Config, name: str, days: list[str]):
@@ -73,8 +78,16 @@ def _finish(cfg: Config, stage: str, ds: str, report: dict, started: float) -> d
     report["seconds"] = round(time.time() - started, 3)
     report["report_path"] = report_path(cfg, stage, ds)
     write_json_atomic(report["report_path"], report)
-    log.info("%s ds=%s: %s", stage, ds, report)
+    log.info("%s ds=%s: %s", stage, ds, _brief(report))
+    log.debug("%s ds=%s full report: %s", stage, ds, report)
     return report
+
+
+def _brief(value):
+    """The report with every file list replaced by its length (the lists stay in the JSON report and at DEBUG)."""
+    if isinstance(value, dict):
+        return {k: len(v) if k == "files" and isinstance(v, list) else _brief(v) for k, v in value.items()}
+    return value
 
 
 def _write_quarantine(cfg: Config, quarantine_df, job: str, ds: str) -> dict:
@@ -86,8 +99,45 @@ def _write_quarantine(cfg: Config, quarantine_df, job: str, ds: str) -> dict:
     return written
 
 
+class UnbalancedCountsError(RuntimeError):
+    """build-samples' row accounting does not balance; nothing of the day was published."""
+
+
+def _input_rows(frames: dict, cfg: Config, read: dict) -> dict:
+    """{table: input rows}: from the Parquet footers of the partitions read (no Spark job); Delta tables, whose
+    files may carry deletion vectors, are counted by Spark in one job."""
+    rows, by_spark = {}, {}
+    for name, df in frames.items():
+        footer = count_rows(cfg.storage.root, name, ds=read[name]) if read[name] else 0
+        if footer is None:
+            by_spark[name] = df
+        else:
+            rows[name] = footer
+    return rows | (samples.input_counts(by_spark) if by_spark else {})
+
+
+def _even_splits(spark):
+    """Input splits small enough that each core gets several: by default Spark packs a day's files into about one
+    split per core, whole files first, which on few cores can leave one task with four times the other's rows."""
+    if spark.conf.get("spark.sql.files.minPartitionNum", None):
+        return sql_conf(spark, {})
+    return sql_conf(spark, {"spark.sql.files.minPartitionNum": str(4 * spark.sparkContext.defaultParallelism)})
+
+
 def run_build_samples(spark, cfg: Config, ds: str) -> dict:
-    """Build the samples partition `ds` from impressions of ds (context: ds-W-1..ds+W) and events of ds..ds+W."""
+    """Build the samples partition `ds` (see _build_samples), with input splits spread evenly over the cores."""
+    with _even_splits(spark):
+        return _build_samples(spark, cfg, ds)
+
+
+def _build_samples(spark, cfg: Config, ds: str) -> dict:
+    """Build the samples partition `ds` from impressions of ds (context: ds-W-1..ds+W) and events of ds..ds+W.
+
+    The day is published only when every input table balances: input rows (counted from the input files, apart
+    from the classification) = used + deduplicated + quarantined + outside. Used impressions are the sample rows
+    actually written (counted from the staged files before they are swapped in); all other statuses come from one
+    aggregation over the small classified frames, so the bulk of clean impressions is read once, by the write.
+    """
     started = time.time()
     window = cfg.samples.attribution_window_days
     imp_days = _days(ds, -window - 1, window)
@@ -95,32 +145,38 @@ def run_build_samples(spark, cfg: Config, ds: str) -> dict:
     if ds not in imp_present:
         raise StageInputError(f"build-samples: table 'impressions' has no partition ds={ds} at {table_path(cfg.storage.root, 'impressions')}; run `cvr simulate` (or load the logs) first")  # fmt: skip
     event_days = _days(ds, 0, window)
-    events, read = {}, {"impressions": imp_present}
+    frames, read = {"impressions": impressions}, {"impressions": imp_present}
     for name in EVENT_TABLES:
-        events[name], read[name] = _read_days(spark, cfg, name, event_days)
+        frames[name], read[name] = _read_days(spark, cfg, name, event_days)
     persisted = []
 
     def keep(df):
         persisted.append(df.persist(StorageLevel.MEMORY_AND_DISK))
         return df
 
-    classified = samples.classify_all(
-        impressions, events["clicks"], events["behaviours"], events["conversions"],
-        ds=ds, window_days=window, max_skew_seconds=cfg.samples.max_clock_skew_seconds, reuse=keep,
-    )  # fmt: skip
-    # Counts, samples and quarantine all derive from the classified rows: classify once, not three times.
-    classified = {name: keep(df) for name, df in classified.items()}
     steps = {}
     try:
         tick = time.time()
-        counts = samples.counts_by_status(classified)
-        unbalanced = samples.check_identity(counts)
-        if unbalanced:
-            raise RuntimeError(f"build-samples ds={ds}: row accounting does not balance: {unbalanced}")
+        classified = samples.classify_parts(
+            impressions, frames["clicks"], frames["behaviours"], frames["conversions"],
+            ds=ds, window_days=window, max_skew_seconds=cfg.samples.max_clock_skew_seconds, reuse=keep,
+        )  # fmt: skip
+        counts = samples.counts_by_status(classified.without_clean(), _input_rows(frames, cfg, read))
         steps["classify_and_count"], tick = round(time.time() - tick, 3), time.time()
-        written = _write(cfg, enforce(samples.samples_from(classified, ds), "samples"), cfg.samples.table)
+
+        def check(rows_by_ds: dict) -> None:
+            counts["impressions"][samples.USED] = sum(rows_by_ds.values())  # one sample row per used impression
+            unbalanced = samples.check_identity(counts)
+            if unbalanced:
+                raise UnbalancedCountsError(f"build-samples ds={ds}: row accounting does not balance, nothing written: {unbalanced}")  # fmt: skip
+
+        tables = classified.tables()
+        samples_df = enforce(samples.samples_from(tables, ds), "samples")
+        written = _write(cfg, samples_df, cfg.samples.table, "samples", before_commit=check)
         steps["write_samples"], tick = round(time.time() - tick, 3), time.time()
-        quarantine = _write_quarantine(cfg, samples.quarantine_from(classified, ds), samples.JOB, ds)
+        # The quarantine rows come from small cached frames: one file, not one per upstream partition.
+        quarantine_df = samples.quarantine_from(classified.without_clean(), ds).coalesce(1)
+        quarantine = _write_quarantine(cfg, quarantine_df, samples.JOB, ds)
         steps["write_quarantine"] = round(time.time() - tick, 3)
     finally:
         for df in persisted:
@@ -162,6 +218,11 @@ def _check_saved_spec(path: Path, spec: hashing.HashingSpec) -> None:
 
 def run_hash_features(spark, cfg: Config, ds: str) -> dict:
     """Hash samples partition `ds` into the features table and save the hashing spec beside it."""
+    with _even_splits(spark):
+        return _hash_features(spark, cfg, ds)
+
+
+def _hash_features(spark, cfg: Config, ds: str) -> dict:
     started = time.time()
     _parse_ds(ds)
     spec = hashing.load_spec(resolve_spec_path(cfg.features.spec))
@@ -173,7 +234,7 @@ def run_hash_features(spark, cfg: Config, ds: str) -> dict:
     _check_saved_spec(spec_file, spec)
     samples_df = read_table(spark, root, source, ds=ds)
     features = enforce(hashing.hash_features(samples_df, spec), "features")
-    written = _write(cfg, features, target)
+    written = _write(cfg, features, target, "features")
     write_json_atomic(spec_file, json.loads(hashing.spec_to_json(spec)))
     report = {
         "stage": "hash-features",
