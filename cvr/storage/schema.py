@@ -28,6 +28,7 @@ class Column:
     nullable: bool = True
     allowed: tuple | None = None
     doc: str = ""
+    dictionary: bool = True  # false: values (nearly) all distinct, so Parquet skips the dictionary it would drop
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,11 @@ class TableSchema:
     @property
     def names(self) -> list[str]:
         return [c.name for c in self.columns]
+
+    @property
+    def plain_columns(self) -> tuple[str, ...]:
+        """Columns declared `dictionary: false` (written without Parquet dictionary encoding)."""
+        return tuple(c.name for c in self.columns if not c.dictionary)
 
     def column(self, name: str) -> Column:
         for col in self.columns:
@@ -69,6 +75,7 @@ def _parse_column(raw: Any, where: str) -> Column:
         nullable=bool(raw.get("nullable", True)),
         allowed=tuple(allowed) if allowed is not None else None,
         doc=raw.get("doc", ""),
+        dictionary=bool(raw.get("dictionary", True)),
     )
 
 
