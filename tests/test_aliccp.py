@@ -83,7 +83,7 @@ def test_aliccp_spec_hashes_the_ingested_table(ingested, repo_root):
 def test_stage_writes_table_quarantine_and_report(spark, tmp_path):
     from cvr.config import load_config
     from cvr.pipeline.stages import StageInputError, report_path, run_ingest_aliccp
-    from cvr.storage import read_table
+    from cvr.storage import load_schema, read_table
 
     cfg = load_config(root=str(tmp_path))
     report = run_ingest_aliccp(spark, cfg, str(SKELETON), str(COMMON), DS)
@@ -91,5 +91,14 @@ def test_stage_writes_table_quarantine_and_report(spark, tmp_path):
     assert json.loads(Path(report_path(cfg, "ingest-aliccp", DS)).read_text())["counts"] == report["counts"]
     table = read_table(spark, str(tmp_path), cfg.samples.aliccp_table, ds=DS)
     assert table.count() == 40
+    assert table.columns == load_schema("aliccp_samples").names  # written to its declared contract
     with pytest.raises(StageInputError, match=r"--skeleton: file not found: /nope.csv"):
         run_ingest_aliccp(spark, cfg, "/nope.csv", str(COMMON), DS)
+
+
+def test_declared_schema_lists_every_field_in_output_order(ingested):
+    from cvr.storage import load_schema
+
+    *_, samples = ingested
+    expected = ["impression_id", *(field_column(f) for f in FIELDS), "click", "micro", "macro", "conversion", "ds"]
+    assert load_schema("aliccp_samples").names == expected == samples.columns
