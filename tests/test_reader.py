@@ -94,3 +94,21 @@ def test_layout_from_spec_and_tensors():
     assert batch["click"].dtype.is_floating_point
     with pytest.raises(ValueError, match="fields"):
         FeatureLayout.from_spec({"dense": []})
+
+
+def test_reader_columns_equal_pandas_conversion_including_nulls(tmp_path):
+    table = pa.table(
+        {
+            "f_a": pa.array(np.arange(50, dtype=np.int64)),
+            "click": pa.array(np.arange(50) % 2, type=pa.int32()),
+            "x_price": pa.array([None if i % 7 == 0 else i / 3 for i in range(50)], type=pa.float32()),
+            "x_count": pa.array([None if i % 5 == 0 else i for i in range(50)], type=pa.int64()),
+        }
+    )
+    path = tmp_path / "nulls.parquet"
+    pq.write_table(table, path, row_group_size=50)
+    (got,) = list(read_shard((f"file://{path}",), list(table.column_names), 0, 1))
+    for name in table.column_names:
+        expected = table.column(name).to_pandas().to_numpy()
+        np.testing.assert_array_equal(got[name], expected)  # nulls read as NaN, as Petastorm's own conversion
+        assert got[name].dtype == expected.dtype
