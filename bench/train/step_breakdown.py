@@ -1,5 +1,5 @@
 """Where a training step's time goes, per phase, on random batches (no reader): forward, backward,
-Horovod synchronize, gradient clipping, optimizer step. Run it with 1 and with N ranks to see what
+Horovod synchronize, gradient clipping, optimizer update (apply). Run it with 1 and with N ranks to see what
 distribution adds:
 
     .venv/bin/python bench/train/step_breakdown.py esmm
@@ -37,31 +37,22 @@ def main(model_name: str) -> None:
     optimizers = OptimizerSet(model, {"optimizer": "adam", "weight_decay": 0.0}, 1e-3, dist)
     optimizers.broadcast(model)
     batches = [make_batch(BATCH, FIELDS, BUCKETS, DENSE, 100 * dist.rank + i) for i in range(8)]
-    phases: dict[str, list[float]] = {k: [] for k in ("forward", "backward", "synchronize", "clip", "step")}
+    phases: dict[str, list[float]] = {k: [] for k in ("forward", "backward", "synchronize", "clip", "apply")}
     for i in range(STEPS):
         marks = [time.perf_counter()]
         out = model(batches[i % len(batches)])
         marks.append(time.perf_counter())
-        for opt in optimizers.groups:
-            opt.zero_grad()
-        out.loss.backward()
+        # the trainer's OptimizerSet.step, one phase at a time
+        optimizers.backward(out.loss)
         marks.append(time.perf_counter())
-        if dist.size > 1:
-            for opt in optimizers.groups:
-                opt.synchronize()
+        optimizers.synchronize()
         marks.append(time.perf_counter())
-        dense = [p for p in model.parameters() if p.grad is not None and not p.grad.is_sparse]
-        torch.nn.utils.clip_grad_norm_(dense, 1.0)
+        optimizers.clip(model, 1.0)
         marks.append(time.perf_counter())
-        for opt in optimizers.groups:
-            if dist.size > 1:
-                with opt.skip_synchronize():
-                    opt.step()
-            else:
-                opt.step()
+        optimizers.apply()
         marks.append(time.perf_counter())
         if i >= WARMUP:
-            for name, start, end in zip(phases, marks, marks[1:], strict=False):
+            for name, (start, end) in zip(phases, zip(marks, marks[1:], strict=False), strict=True):
                 phases[name].append(end - start)
     if dist.is_chief:
         parts = ", ".join(f"{k} {statistics.median(v) * 1e3:.2f}" for k, v in phases.items())

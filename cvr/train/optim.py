@@ -42,19 +42,33 @@ class OptimizerSet:
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
     def step(self, loss: torch.Tensor, model, clip: float) -> None:
+        """One training update: backward, Horovod synchronize, clip, apply (the phases below, in order)."""
+        self.backward(loss)
+        self.synchronize()
+        self.clip(model, clip)
+        self.apply()
+
+    def backward(self, loss: torch.Tensor) -> None:
         for opt in self.groups:
             opt.zero_grad()
         loss.backward()
-        distributed = self.dist.size > 1
-        if distributed:
+
+    def synchronize(self) -> None:
+        """Average gradients across ranks before clipping, so every rank clips the same way."""
+        if self.dist.size > 1:
             for opt in self.groups:
-                opt.synchronize()  # gradients are averaged before clipping, so every rank clips the same way
+                opt.synchronize()
+
+    @staticmethod
+    def clip(model, clip: float) -> None:
         if clip and clip > 0:
             dense = [p for p in model.parameters() if p.grad is not None and not p.grad.is_sparse]
             torch.nn.utils.clip_grad_norm_(dense, clip)
+
+    def apply(self) -> None:
         for opt in self.groups:
-            if distributed:
-                with opt.skip_synchronize():
+            if self.dist.size > 1:
+                with opt.skip_synchronize():  # synchronize() has already averaged the gradients
                     opt.step()
             else:
                 opt.step()
