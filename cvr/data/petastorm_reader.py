@@ -92,10 +92,10 @@ def training_batches(
     """Endless fixed-size batches from this rank's shard: the caller takes exactly plan.steps_per_epoch.
 
     With `shuffle`, Petastorm visits the row groups in a seeded random order and the rows inside each
-    row group are permuted (seeded per rank) after conversion, when a row group is a few wide arrays. `convert` (e.g. FeatureLayout.to_arrays) runs once per
-    row group, so a batch is a contiguous slice of each array (only the batch that straddles two row
-    groups is copied). The stream wraps around its shard, so a rank can never run dry before the
-    agreed step count.
+    row group are permuted (seeded per rank) after conversion, when a row group is a few wide arrays.
+    `convert` (e.g. FeatureLayout.to_arrays) runs once per row group, so a batch is a contiguous slice
+    of each array (only the batch that straddles two row groups is copied). The stream wraps around
+    its shard, so a rank can never run dry before the agreed step count.
     """
     with _batch_reader(
         plan.files, columns, shard=rank, shard_count=size, seed=seed, shuffle=shuffle, epochs=None, workers=workers
