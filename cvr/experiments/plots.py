@@ -51,13 +51,8 @@ def plot_auc_per_model(results: pd.DataFrame, path: Path, metrics: list[str]) ->
         return None
     fig, panels = _panels_per_data(results, panel_height=3.6)
     for ax, data_label, rows, groups in panels:
-        width = 0.8 / len(metrics)
-        x = np.arange(len(groups))
-        lowest = 1.0
-        for i, metric in enumerate(metrics):
-            means, stds = _mean_std_per_group(rows, groups, metric)
-            ax.bar(x + i * width - 0.4 + width / 2, means, width, yerr=stds, capsize=3, label=metric)
-            lowest = min(lowest, np.nanmin(np.asarray(means) - np.nan_to_num(stds)))
+        x, lowest = _grouped_bars(ax, rows, groups, metrics)
+        lowest = min(1.0, lowest)
         ax.set_xticks(x, [group_label(m, v) for m, v in groups], rotation=30, ha="right", fontsize=8)
         ax.set_ylim(max(0.0, math.floor(lowest * 20) / 20 - 0.05) if np.isfinite(lowest) else 0.0, 1.0)
         ax.set_ylabel("AUC (mean ± std over seeds)")
@@ -161,11 +156,7 @@ def plot_calibration(results: pd.DataFrame, path: Path, reliability: dict[str, d
         return None
     fig, panels = _panels_per_data(results, panel_height=3.4)
     for ax, data_label, rows, groups in panels:
-        width = 0.8 / len(metrics)
-        x = np.arange(len(groups))
-        for i, metric in enumerate(metrics):
-            means, stds = _mean_std_per_group(rows, groups, metric)
-            ax.bar(x + i * width - 0.4 + width / 2, means, width, yerr=stds, capsize=3, label=metric)
+        x, _ = _grouped_bars(ax, rows, groups, metrics)
         ax.axhline(1.0, color="black", linewidth=1, linestyle="--")
         ax.set_xticks(x, [group_label(m, v) for m, v in groups], rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("mean prediction / observed rate")
@@ -207,6 +198,18 @@ def _plot_reliability(results: pd.DataFrame, reliability: dict[str, dict], path:
             ax.set_title(f"{task} reliability, data: {data_label}")
             ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def _grouped_bars(ax, rows: pd.DataFrame, groups, metrics: list[str]) -> tuple[np.ndarray, float]:
+    """One bar per metric in each group (mean over seeds, ±1 std error bar): (group positions, lowest mean - std)."""
+    width = 0.8 / len(metrics)
+    x = np.arange(len(groups))
+    lowest = np.inf
+    for i, metric in enumerate(metrics):
+        means, stds = _mean_std_per_group(rows, groups, metric)
+        ax.bar(x + i * width - 0.4 + width / 2, means, width, yerr=stds, capsize=3, label=metric)
+        lowest = min(lowest, np.nanmin(np.asarray(means) - np.nan_to_num(stds)))
+    return x, lowest
 
 
 def _mean_std_per_group(rows: pd.DataFrame, groups, metric: str) -> tuple[list[float], list[float]]:
