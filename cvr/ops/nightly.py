@@ -208,21 +208,19 @@ class NightlyRun:
     def stage_build_samples(self) -> dict[str, Any]:
         from cvr.pipeline.stages import run_build_samples
 
-        days = self._days_to_build()
-        reports = {}
-        for day in days:
-            reports[day] = _compact(run_build_samples(self.spark, self.cfg, day))
-            self.checkpoint(f"samples built for ds={day}")
-        return {"days": days, "reports": reports}
+        return self._per_day(run_build_samples, self._days_to_build(), "samples built")
 
     def stage_hash_features(self) -> dict[str, Any]:
         from cvr.pipeline.stages import run_hash_features
 
-        days = self.state.result("build_samples")["days"]
+        return self._per_day(run_hash_features, self.state.result("build_samples")["days"], "features hashed")
+
+    def _per_day(self, run_stage, days: list[str], done: str) -> dict[str, Any]:
+        """run_stage(spark, cfg, day) for each day, with a checkpoint after each: {days, reports}."""
         reports = {}
         for day in days:
-            reports[day] = _compact(run_hash_features(self.spark, self.cfg, day))
-            self.checkpoint(f"features hashed for ds={day}")
+            reports[day] = _compact(run_stage(self.spark, self.cfg, day))
+            self.checkpoint(f"{done} for ds={day}")
         return {"days": days, "reports": reports}
 
     def stage_train(self) -> dict[str, Any]:
