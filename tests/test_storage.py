@@ -183,6 +183,24 @@ def test_row_groups_sized_for_petastorm(spark, tmp_path):
     assert len(closed_by_size) >= 6 and all(3000 <= g <= 5000 for g in closed_by_size), groups_per_file
 
 
+def test_row_groups_of_a_hashed_features_table_converge_on_the_target(spark, tmp_path):
+    """Dictionary-encoded id columns: the writer's size estimate is far from linear in rows unless pages are small."""
+    root, target = str(tmp_path), 10000
+    buckets = (7, 24, 300, 1000, 5000, 20000, 50000, 100003)
+    df = spark.range(0, 80000, numPartitions=1).select(
+        *[(F.xxhash64(F.col("id") % (b * 3), F.lit(b)) % b).alias(f"f_{i}") for i, b in enumerate(buckets)],
+        F.xxhash64("id").alias("dup_key"),
+        (F.col("id") % 2).cast("int").alias("click"),
+        F.lit("2026-01-01").alias("ds"),
+    )
+    for _ in range(3):  # the first write sizes groups from column types, later ones from what earlier ones stored
+        write_partitions(df, root, "features", row_group_rows=target, max_rows_per_file=200000)
+    (file,) = [f[len("file://") :] for f in table_files(root, "features")]
+    meta = pq.read_metadata(file)
+    groups = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    assert sum(groups) == 80000 and all(0.75 * target <= g <= 1.25 * target for g in groups[:-1]), groups
+
+
 def test_parquet_read_of_missing_partition_is_empty_with_columns(spark, tmp_path):
     root = str(tmp_path)
     assert not table_exists(root, "clicks")
