@@ -96,6 +96,26 @@ def test_layout_from_spec_and_tensors():
         FeatureLayout.from_spec({"dense": []})
 
 
+def test_layout_gathers_rows_in_the_given_order_while_converting():
+    spec = {"fields": [{"name": "u", "buckets": 100}, {"name": "i", "buckets": 9}], "dense": [{"name": "p"}]}
+    layout = FeatureLayout.from_spec(spec)
+    rng = np.random.default_rng(0)
+    arrays = {
+        "f_u": rng.integers(0, 100, 40),
+        "f_i": rng.integers(0, 9, 40).astype(np.int32),
+        "x_p": np.where(np.arange(40) % 6 == 0, np.nan, rng.random(40)),
+        "dup_key": rng.integers(0, 2**62, 40),
+        "conversion": (np.arange(40) % 5 == 0).astype(np.int8),
+    }
+    order = rng.permutation(40)
+    as_read, shuffled = layout.to_arrays(arrays), layout.to_arrays(arrays, order)
+    assert shuffled.keys() == as_read.keys() == {"sparse", "dense", "dup_key", "conversion"}
+    for name, values in as_read.items():
+        np.testing.assert_array_equal(shuffled[name], values[order])
+        assert shuffled[name].dtype == values.dtype and shuffled[name].flags.writeable
+    assert shuffled["sparse"].dtype == np.int64 and not np.isnan(shuffled["dense"]).any()
+
+
 def test_reader_columns_equal_pandas_conversion_including_nulls(tmp_path):
     table = pa.table(
         {

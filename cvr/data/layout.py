@@ -45,23 +45,23 @@ class FeatureLayout:
             cols += list(LABELS)
         return cols + [c for c in extra if c not in cols]
 
-    def to_arrays(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Column arrays -> the model's batch arrays (sparse [n, F] int64, dense [n, D] float32, keys
-        int64, labels float32), vectorised over all n rows: the reader converts whole row groups."""
-        out = {"sparse": np.stack([arrays[c] for c in self.sparse_columns], axis=1).astype(np.int64, copy=False)}
-        n = out["sparse"].shape[0]
+    def to_arrays(self, arrays: dict[str, np.ndarray], order: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Column arrays -> the model's batch arrays (sparse [n, F] int64, dense [n, D] float32, keys int64,
+        labels float32), vectorised over all n rows: the reader converts whole row groups.
+
+        With `order` (a permutation of the rows, or any row indices) the rows come out in that order: each
+        column is gathered straight into its place in the output, so shuffling costs no extra pass.
+        """
+        rows = len(arrays[self.sparse_columns[0]]) if order is None else len(order)
+        out = {
+            "sparse": _gathered_matrix(arrays, self.sparse_columns, np.int64, order, rows),
+            "dense": _gathered_matrix(arrays, self.dense_columns, np.float32, order, rows),
+        }
         if self.dense_columns:
-            dense = np.stack([arrays[c] for c in self.dense_columns], axis=1).astype(np.float32, copy=False)
-            dense[~np.isfinite(dense)] = 0.0  # a missing (NaN) or infinite value reads as 0
-            out["dense"] = dense
-        else:
-            out["dense"] = np.zeros((n, 0), dtype=np.float32)
-        for key in KEYS:
-            if key in arrays:
-                out[key] = np.array(arrays[key], dtype=np.int64)  # a copy: Arrow's buffers are read-only
-        for label in LABELS:
-            if label in arrays:
-                out[label] = np.array(arrays[label], dtype=np.float32)
+            out["dense"][~np.isfinite(out["dense"])] = 0.0  # a missing (NaN) or infinite value reads as 0
+        for name, dtype in [(k, np.int64) for k in KEYS] + [(label, np.float32) for label in LABELS]:
+            if name in arrays:  # always a fresh array: Arrow's buffers are read-only
+                out[name] = _gathered_matrix(arrays, (name,), dtype, order, rows)[:, 0]
         return out
 
     def to_tensors(self, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -72,3 +72,11 @@ class FeatureLayout:
 def as_tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """Batch arrays (as FeatureLayout.to_arrays returns them) -> tensors sharing their memory."""
     return {k: torch.from_numpy(v) for k, v in arrays.items()}
+
+
+def _gathered_matrix(arrays, names, dtype, order, rows: int) -> np.ndarray:
+    """[rows, len(names)] of `dtype`: column j is arrays[names[j]] (taken at `order` when given)."""
+    out = np.empty((rows, len(names)), dtype=dtype)
+    for j, name in enumerate(names):
+        out[:, j] = arrays[name] if order is None else np.take(arrays[name], order)
+    return out

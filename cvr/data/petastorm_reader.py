@@ -87,34 +87,29 @@ def training_batches(
     seed: int,
     shuffle: bool = True,
     workers: int = 2,
-    convert: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
+    convert: Callable[..., dict[str, np.ndarray]] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Endless fixed-size batches from this rank's shard: the caller takes exactly plan.steps_per_epoch.
 
     With `shuffle`, Petastorm visits the row groups in a seeded random order and the rows inside each
-    row group are permuted (seeded per rank) after conversion, when a row group is a few wide arrays.
-    `convert` (e.g. FeatureLayout.to_arrays) runs once per row group, so a batch is a contiguous slice
-    of each array (only the batch that straddles two row groups is copied). The stream wraps around
-    its shard, so a rank can never run dry before the agreed step count.
+    row group are permuted (seeded per rank). `convert(arrays, order)` (e.g. FeatureLayout.to_arrays)
+    runs once per row group and returns its rows in `order` (None: as read), so the shuffle is part of the
+    one copy conversion makes anyway; a batch is then a contiguous slice of each array (only the batch
+    that straddles two row groups is copied). The stream wraps around its shard, so a rank can never run
+    dry before the agreed step count.
     """
+    convert = convert or _take_rows
+    rng = np.random.default_rng(seed * 1_000_003 + rank)
     with _batch_reader(
         plan.files, columns, shard=rank, shard_count=size, seed=seed, shuffle=shuffle, epochs=None, workers=workers
     ) as reader:
         row_groups = (_as_arrays(row_group, columns) for row_group in reader)
-        if convert is not None:
-            row_groups = map(convert, row_groups)
-        if shuffle:
-            row_groups = _shuffled_rows(row_groups, np.random.default_rng(seed * 1_000_003 + rank))
-        yield from fixed_size_batches(row_groups, plan.batch_size)
+        converted = (convert(arrays, rng.permutation(_rows(arrays)) if shuffle else None) for arrays in row_groups)
+        yield from fixed_size_batches(converted, plan.batch_size)
 
 
-def _shuffled_rows(
-    chunks: Iterable[dict[str, np.ndarray]], rng: np.random.Generator
-) -> Iterator[dict[str, np.ndarray]]:
-    """Each chunk with its rows in a random order: one gather per (already converted, so few) array."""
-    for arrays in chunks:
-        order = rng.permutation(_rows(arrays))
-        yield {k: np.take(v, order, axis=0) for k, v in arrays.items()}
+def _take_rows(arrays: dict[str, np.ndarray], order: np.ndarray | None) -> dict[str, np.ndarray]:
+    return arrays if order is None else {k: np.take(v, order, axis=0) for k, v in arrays.items()}
 
 
 def _rows(arrays: dict[str, np.ndarray]) -> int:
