@@ -84,11 +84,6 @@ def _grouped(*tensors: Tensor | None, dims: tuple[int, ...]) -> list[Tensor | No
     return [t if t is None or t.dim() > d else t.unsqueeze(0) for t, d in zip(tensors, dims, strict=True)]
 
 
-def _stacked_views(h1: Tensor, h2: Tensor) -> Tensor:
-    """[G, N, d] views -> [G, 2N, d] unit vectors in float32."""
-    return F.normalize(torch.cat([h1, h2], dim=1).float(), dim=-1)
-
-
 def _positive_pairs(groups: int, n: int, dup: Tensor | None, converted: Tensor | None, device) -> tuple[Tensor, Tensor]:
     """(rows, cols) of Q(i) for G groups of 2N views: every partner, plus SPI's converted pairs.
 
@@ -132,9 +127,11 @@ _SMALL_GROUP = 256  # views per group (measured: 128 faster summed first, 512 an
 class _MaskedNTXent(torch.autograd.Function):
     """Mean over rows of logsumexp_{allowed}(S_i) - mean_{q in Q(i)} S_iq with S = Z Z^T / tau per group.
 
-    h is [G, M, d] and Z = h / |h| row-wise (normalised inside, so backward is one fused step). Q is given either as index pairs (rows over all G * M anchors, cols within the
-    group) or as a dense [G, M, M] weight tensor whose rows hold 1/|Q(i)| on Q(i). Fused so the
-    softmax is computed once and kept for backward; dL/dZ = (G + G^T) Z / tau with G = softmax - weights.
+    h is [G, M, d] and Z = h / |h| row-wise (normalised inside, so backward is one fused step). Excluded
+    entries besides the diagonal are a dense [G, M, M] bool mask, or (rows, cols) index pairs. Q is given
+    either as index pairs (rows over all G * M anchors, cols within the group) or as a dense [G, M, M]
+    weight tensor whose rows hold 1/|Q(i)| on Q(i). Fused so the softmax is computed once and kept for
+    backward; dL/dZ = (G + G^T) Z / tau with G = softmax - weights.
     """
 
     @staticmethod
@@ -156,10 +153,13 @@ class _MaskedNTXent(torch.autograd.Function):
             count = z.new_zeros(groups * m).index_add_(0, rows, torch.ones_like(rows, dtype=z.dtype))
             weights = 1.0 / count[rows]
             pos_mean = z.new_zeros(groups * m).index_add_(0, rows, flat[rows, cols] * weights)
-        if excluded is None:
-            s.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
-        else:
+        s.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
+        if isinstance(excluded, Tensor):
             flat.masked_fill_(excluded.reshape(groups * m, m), float("-inf"))
+        elif excluded is not None:
+            flat[excluded] = float("-inf")
+        # Symmetric: S and every exclusion are, so softmax^T = exp(S) / total_k and G + G^T needs no transpose.
+        ctx.symmetric = dense_weights is None and 1.0 / temperature <= _NO_SHIFT_BOUND
         if 1.0 / temperature <= _NO_SHIFT_BOUND:  # cosines bound |S| by 1/tau: exp cannot overflow
             prob = flat.exp_()
             total = prob.sum(dim=1, keepdim=True)
@@ -169,8 +169,11 @@ class _MaskedNTXent(torch.autograd.Function):
             prob = flat.sub_(peak).exp_()
             total = prob.sum(dim=1, keepdim=True)
             lse = total.log().squeeze(1) + peak.squeeze(1)
-        prob.div_(total)
-        ctx.save_for_backward(z, norm, prob, rows, cols, weights)
+        if ctx.symmetric:
+            ctx.save_for_backward(z, norm, prob, rows, cols, weights, total.reciprocal_())
+        else:
+            prob.div_(total)
+            ctx.save_for_backward(z, norm, prob, rows, cols, weights)
         ctx.dense = dense_weights is not None
         ctx.temperature = temperature
         return (lse - pos_mean).mean()
@@ -182,6 +185,8 @@ class _MaskedNTXent(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, grad):
+        if ctx.symmetric:
+            return _MaskedNTXent._symmetric_backward(ctx, grad)
         z, norm, prob, rows, cols, weights = ctx.saved_tensors
         if ctx.dense:
             g = prob.sub_(weights)
@@ -192,7 +197,24 @@ class _MaskedNTXent(torch.autograd.Function):
             grad_z = torch.bmm(g + g.transpose(1, 2), z)
         else:  # materialising G + G^T for big blocks is slower
             grad_z = _gram_backward(g, z)
-        grad_z.mul_(grad / (len(prob) * ctx.temperature))
+        return _MaskedNTXent._through_normalisation(ctx, grad, grad_z, z, norm, len(prob))
+
+    @staticmethod
+    def _symmetric_backward(ctx, grad):
+        """G + G^T = E (1/total_i + 1/total_k) - (W + W^T), E = exp(S) masked (symmetric)."""
+        z, norm, exp_s, rows, cols, weights, inv_total = ctx.saved_tensors
+        groups, m = z.shape[0], z.shape[1]
+        inv = inv_total.view(groups, m)
+        g = exp_s.view(groups, m, m).mul_(inv[:, :, None] + inv[:, None, :]).view(groups * m, m)
+        anchor_in_group = rows % m
+        g.index_put_((rows, cols), -weights, accumulate=True)
+        g.index_put_((rows - anchor_in_group + cols, anchor_in_group), -weights, accumulate=True)  # W^T
+        grad_z = torch.bmm(g.view(groups, m, m), z)
+        return _MaskedNTXent._through_normalisation(ctx, grad, grad_z, z, norm, groups * m)
+
+    @staticmethod
+    def _through_normalisation(ctx, grad, grad_z, z, norm, anchors: int):
+        grad_z.mul_(grad / (anchors * ctx.temperature))
         grad_h = grad_z.sub_(z * (z * grad_z).sum(dim=-1, keepdim=True)).div_(norm)  # through z = h / |h|
         return grad_h, None, None, None, None, None
 
@@ -209,6 +231,14 @@ def _excluded_views(n: int, dup: Tensor | None, groups: int, device) -> Tensor:
     return excluded
 
 
+def _duplicate_view_pairs(n: int, dup: Tensor) -> tuple[Tensor, Tensor]:
+    """(rows over G * 2N anchors, cols within the group) of every view pair of two different duplicate
+    samples: _excluded_views off its diagonal and partners, as indices (duplicates are rare)."""
+    group, a, b = (dup & ~torch.eye(n, dtype=torch.bool, device=dup.device)).nonzero().unbind(1)
+    rows = torch.cat([a, a, a + n, a + n]) + group.repeat(4) * 2 * n
+    return rows, torch.cat([b, b + n, b, b + n])
+
+
 def info_nce_loss(h1: Tensor, h2: Tensor, temperature: float, duplicates: Tensor | None = None,
                   converted: Tensor | None = None) -> Tensor:  # fmt: skip
     """NT-Xent over 2N views; FNE when `duplicates` [N, N] is given, SPI when `converted` [N] is given.
@@ -217,12 +247,17 @@ def info_nce_loss(h1: Tensor, h2: Tensor, temperature: float, duplicates: Tensor
     without building the [2N, 2N] positive mask (a fused autograd function; positives as index pairs).
     """
     h1, h2, duplicates, converted = _grouped(h1, h2, duplicates, converted, dims=(2, 2, 2, 1))
-    groups, n = h1.shape[:2]
-    h = torch.cat([h1, h2], dim=1)
+    return info_nce_of_views(torch.cat([h1, h2], dim=1), temperature, duplicates, converted)
+
+
+def info_nce_of_views(views: Tensor, temperature: float, duplicates: Tensor | None = None,
+                      converted: Tensor | None = None) -> Tensor:  # fmt: skip
+    """info_nce_loss of views [G, 2N, d] already stacked per group (view 1 of the N samples, then view 2)."""
+    groups, n = views.shape[0], views.shape[1] // 2
     dup = None if duplicates is None else duplicates.bool()
-    excluded = None if dup is None else _excluded_views(n, dup, groups, h.device)
-    rows, cols = _positive_pairs(groups, n, dup, converted, h.device)
-    return _MaskedNTXent.apply(h, excluded, rows, cols, None, float(temperature))
+    excluded = None if dup is None else _duplicate_view_pairs(n, dup)
+    rows, cols = _positive_pairs(groups, n, dup, converted, views.device)
+    return _MaskedNTXent.apply(views, excluded, rows, cols, None, float(temperature))
 
 
 def supcon_loss(h1: Tensor, h2: Tensor, labels: Tensor, temperature: float,
@@ -230,13 +265,17 @@ def supcon_loss(h1: Tensor, h2: Tensor, labels: Tensor, temperature: float,
     """Supervised contrastive loss (Khosla et al., L_out): every allowed view with the anchor's label
     is a positive (the partner always is); FNE as in info_nce_loss."""
     h1, h2, labels, duplicates = _grouped(h1, h2, labels, duplicates, dims=(2, 2, 1, 2))
-    groups, n = h1.shape[:2]
-    h = torch.cat([h1, h2], dim=1)
-    excluded = _excluded_views(n, None if duplicates is None else duplicates.bool(), groups, h.device)
+    return supcon_of_views(torch.cat([h1, h2], dim=1), labels, temperature, duplicates)
+
+
+def supcon_of_views(views: Tensor, labels: Tensor, temperature: float, duplicates: Tensor | None = None) -> Tensor:
+    """supcon_loss of views [G, 2N, d] stacked per group; labels [G, N], duplicates [G, N, N]."""
+    groups, n = views.shape[0], views.shape[1] // 2
+    excluded = _excluded_views(n, None if duplicates is None else duplicates.bool(), groups, views.device)
     lab = labels.repeat(1, 2)
     weights = ((lab[:, :, None] == lab[:, None, :]) & ~excluded).float()
     weights.div_(weights.sum(dim=-1, keepdim=True))
-    return _MaskedNTXent.apply(h, excluded, None, None, weights, float(temperature))
+    return _MaskedNTXent.apply(views, excluded, None, None, weights, float(temperature))
 
 
 def triplet_loss(h1: Tensor, h2: Tensor, margin: float, duplicates: Tensor | None = None) -> Tensor:
@@ -246,8 +285,13 @@ def triplet_loss(h1: Tensor, h2: Tensor, margin: float, duplicates: Tensor | Non
     The hardest negative is found without gradient; s(a, p) and s(a, n) are then recomputed as row
     dot products, so backward is O(N d) instead of O(N^2 d)."""
     h1, h2, duplicates = _grouped(h1, h2, duplicates, dims=(2, 2, 2))
-    groups, n = h1.shape[:2]
-    z = _stacked_views(h1, h2)
+    return triplet_of_views(torch.cat([h1, h2], dim=1), margin, duplicates)
+
+
+def triplet_of_views(views: Tensor, margin: float, duplicates: Tensor | None = None) -> Tensor:
+    """triplet_loss of views [G, 2N, d] stacked per group; duplicates [G, N, N]."""
+    groups, n = views.shape[0], views.shape[1] // 2
+    z = F.normalize(views.float(), dim=-1)
     idx = torch.arange(2 * n, device=z.device)
     partner = (idx + n) % (2 * n)
     with torch.no_grad(), torch.autocast(z.device.type, enabled=False):

@@ -18,7 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cvr.losses.contrastive import cosine_duplicates, exact_duplicates, info_nce_loss, supcon_loss, triplet_loss
+from cvr.losses.contrastive import (
+    cosine_duplicates,
+    exact_duplicates,
+    info_nce_of_views,
+    supcon_of_views,
+    triplet_of_views,
+)
 from cvr.losses.masks import complementary_masks, field_split_masks, independent_masks
 from cvr.models.towers import mlp
 
@@ -49,20 +55,19 @@ class ContrastiveBranch(nn.Module):
             m1, m2 = independent_masks(n, width, cfg["mask_rate"], device=e.device)
         return e * m1.to(e.dtype), e * m2.to(e.dtype)
 
-    def encode(self, v1: Tensor, v2: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.encoder(torch.cat([v1, v2]))
-        return h[: v1.shape[0]], h[v1.shape[0] :]
+    def encode(self, v1: Tensor, v2: Tensor) -> Tensor:
+        """[2N, d]: the encoded views stacked by rows (view 1 of every sample, then view 2)."""
+        return self.encoder(torch.cat([v1, v2]))
 
-    def encode_complementary(self, e: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
-        """encoder(keep * e), encoder(~keep * e) for one per-batch column mask `keep` [W] (bool).
+    def encode_complementary(self, e: Tensor, keep: Tensor) -> Tensor:
+        """[encoder(keep * e); encoder(~keep * e)] [2N, d] for one per-batch column mask `keep` [W] (bool).
 
         The first layer only needs the kept columns of each view, so both views together cost one
         full-width first layer instead of two (same result up to float summation order).
         """
         first, rest = self.encoder[0], self.encoder[1:]
         cols1, cols2 = keep.nonzero().flatten(), (~keep).nonzero().flatten()
-        h = rest(_ColumnSplitLinear.apply(e, first.weight, first.bias, cols1, cols2))
-        return h[: e.shape[0]], h[e.shape[0] :]
+        return rest(_ColumnSplitLinear.apply(e, first.weight, first.bias, cols1, cols2))
 
     def duplicates(self, e: Tensor, dup_keys: Tensor | None) -> Tensor | None:
         if self.cfg["fne"] == "exact":
@@ -71,21 +76,22 @@ class ContrastiveBranch(nn.Module):
             return cosine_duplicates(e, self.cfg["fne_threshold"])
         return None
 
-    def group_loss(self, h1: Tensor, h2: Tensor, dup: Tensor | None, converted: Tensor | None) -> Tensor:
+    def group_loss(self, views: Tensor, dup: Tensor | None, converted: Tensor | None) -> Tensor:
+        """The configured loss of views [G, 2S, d] (per group: view 1 of its S samples, then view 2)."""
         cfg = self.cfg
         if cfg["loss"] == "triplet":
-            return triplet_loss(h1, h2, cfg["triplet_margin"], dup)
+            return triplet_of_views(views, cfg["triplet_margin"], dup)
         if cfg["loss"] == "supcon":
-            return supcon_loss(h1, h2, converted.long(), cfg["temperature"], dup)
-        return info_nce_loss(h1, h2, cfg["temperature"], dup, converted if cfg["spi"] else None)
+            return supcon_of_views(views, converted.long(), cfg["temperature"], dup)
+        return info_nce_of_views(views, cfg["temperature"], dup, converted if cfg["spi"] else None)
 
     def forward(self, e: Tensor, batch: dict[str, Tensor]) -> Tensor:
         cfg = self.cfg
         if cfg["augmentation"] == "embedding_mask" and cfg["mask_scheme"] == "complementary":
             m1, _ = complementary_masks(e.shape[1], device=e.device)
-            h1, h2 = self.encode_complementary(e, m1[0] > 0.5)
+            h = self.encode_complementary(e, m1[0] > 0.5)
         else:
-            h1, h2 = self.encode(*self.views(e))
+            h = self.encode(*self.views(e))
         if cfg["fne"] == "exact" and "dup_key" not in batch:
             raise ValueError("batch: missing key 'dup_key' needed by contrastive.fne: exact")
         keys = batch.get("dup_key")
@@ -93,9 +99,10 @@ class ContrastiveBranch(nn.Module):
         if self.labels_needed():
             converted = (batch["click"] * batch["conversion"]) > 0.5
         n = e.shape[0]
+        pairs = h.view(2, n, h.shape[1])  # [view, sample, d]
         group = min(cfg["group_size"] or n, n)
         whole = n - n % group
-        loss = h1.new_zeros((), dtype=torch.float32)
+        loss = h.new_zeros((), dtype=torch.float32)
         # Views only meet views of their own group: the whole groups as one batched call, then the rest.
         for start, stop, size in ((0, whole, group), (whole, n, n - whole)):
             if stop == start:
@@ -104,8 +111,10 @@ class ContrastiveBranch(nn.Module):
             def grouped(t: Tensor | None, start=start, stop=stop, size=size) -> Tensor | None:
                 return None if t is None else t[start:stop].reshape(-1, size, *t.shape[1:])
 
+            # [G, 2S, d] with one copy: each group's view-1 rows, then its view-2 rows
+            views = pairs[:, start:stop].reshape(2, -1, size, h.shape[1]).transpose(0, 1).flatten(1, 2)
             dup = self.duplicates(grouped(e), grouped(keys))
-            part = self.group_loss(grouped(h1), grouped(h2), dup, grouped(converted))
+            part = self.group_loss(views, dup, grouped(converted))
             loss = loss + part * ((stop - start) / n)
         return loss * 2.0 if cfg["direction_reduction"] == "sum" else loss
 
