@@ -13,6 +13,7 @@ import dataclasses
 import json
 import platform
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -42,14 +43,16 @@ def ensure_features(cfg) -> None:
     spark.stop()
 
 
-def reader_rate(job: dict, batches: int) -> float:
+def reader_rate(job: dict, batches: int | None) -> float:
+    """Rows/s of the trainer's input path (shuffled fixed-size batches as tensors) over `batches` batches
+    (None: one epoch of the shard), timed after the first batch (reader start-up is not throughput)."""
     layout = FeatureLayout.from_spec(job["spec"])
     plan = plan_shards(job["train_files"], 1, job["config"]["train"]["batch_size"])
     stream = training_batches(plan, layout.columns(), 0, 1, seed=1, convert=layout.to_arrays)
-    next(stream)  # reader start-up is not throughput
+    next(stream)
     start = time.perf_counter()
     rows = 0
-    for _ in range(batches):  # the trainer's path: shuffled fixed-size batches as tensors
+    for _ in range(batches or plan.steps_per_epoch - 1):
         rows += as_tensors(next(stream))["sparse"].shape[0]
     stream.close()
     return rows / (time.perf_counter() - start)
@@ -60,6 +63,21 @@ def pyarrow_rate(job: dict) -> float:
     start = time.perf_counter()
     rows = sum(pq.read_table(local_path(f), columns=columns).num_rows for f in job["train_files"])
     return rows / (time.perf_counter() - start)
+
+
+def reader_and_pyarrow(job: dict, rounds: int, batches: int | None) -> dict:
+    """Both rates measured alternately `rounds` times (one pass takes well under a second, so a single
+    pass is at the mercy of the machine's load); medians, and every sample."""
+    samples = {"reader": [], "pyarrow": []}
+    for _ in range(rounds):
+        samples["reader"].append(reader_rate(job, batches))
+        samples["pyarrow"].append(pyarrow_rate(job))
+    return {
+        "reader_rows_per_s": statistics.median(samples["reader"]),
+        "pyarrow_rows_per_s": statistics.median(samples["pyarrow"]),
+        "reader_samples_rows_per_s": samples["reader"],
+        "pyarrow_samples_rows_per_s": samples["pyarrow"],
+    }
 
 
 def train_rate(cfg, model: str, ranks: int, threads: int, out: Path, overrides: dict | None = None) -> dict:
@@ -88,10 +106,7 @@ def main(argv=None) -> int:
     ensure_features(cfg)
     job = prepare_job(cfg)
     out = Path(args.root) / "bench-models"
-    results = {
-        "reader_rows_per_s": reader_rate(job, 60 if args.quick else 200),
-        "pyarrow_rows_per_s": pyarrow_rate(job),
-    }
+    results = reader_and_pyarrow(job, rounds=1 if args.quick else 5, batches=60 if args.quick else None)
     runs = {}
     models = ["esmm"] if args.quick else ["esmm", "cl4cvr"]
     for model in models:
