@@ -7,6 +7,7 @@ import random
 from datetime import datetime
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from cvr.pipeline.hashing import (
@@ -189,6 +190,31 @@ def test_stage_writes_delta_features_and_saves_spec(spark, tmp_path, spec, capsy
     cfg_other = load_config(root=str(tmp_path), overrides={"storage": {"format": "delta"}, "features": {"spec": str(other)}})  # fmt: skip
     with pytest.raises(HashingSpecError, match=r"other.yaml: spec digest .* differs from the spec the table was hashed with"):  # fmt: skip
         run_hash_features(spark, cfg_other, "2026-01-01")
+
+
+def test_training_file_count_keeps_files_few_but_one_per_core():
+    from cvr.config import load_config
+    from cvr.pipeline.stages import _training_file_count
+
+    cfg = load_config(overrides={"storage": {"row_group_rows": 20000, "max_rows_per_file": 200000}})
+    assert _training_file_count(cfg, 2, 200_000) == 2  # one per core: each still holds 5 full row groups
+    assert _training_file_count(cfg, 2, 1_000_000) == 6  # 5 files of the maximum, rounded up to the cores
+    assert _training_file_count(cfg, 8, 50_000) == 2  # no file without a full row group
+    assert _training_file_count(cfg, 2, 900) == _training_file_count(cfg, 2, 0) == 1
+
+
+def test_stage_writes_the_features_day_as_few_files(spark, tmp_path, spec):
+    from cvr.config import load_config
+    from cvr.pipeline.stages import _training_file_count, run_hash_features
+    from cvr.storage import table_files, write_partitions
+
+    samples = spark.createDataFrame(sample_rows(3000), SAMPLES_SCHEMA).repartition(7)
+    write_partitions(samples, str(tmp_path), "samples")
+    cfg = load_config(root=str(tmp_path), overrides={"storage": {"row_group_rows": 400, "max_rows_per_file": 1000}})
+    assert run_hash_features(spark, cfg, "2026-01-01")["output"]["rows"] == 3000
+    files = [pq.ParquetFile(f[len("file://") :]).metadata.num_rows for f in table_files(str(tmp_path), "features")]
+    cores = spark.sparkContext.defaultParallelism
+    assert len(files) == _training_file_count(cfg, cores, 3000) < 7 and max(files) <= 1000, files
 
 
 SAMPLES_SCHEMA_COLUMNS = [part.strip().split(" ")[0] for part in SAMPLES_SCHEMA.split(",")]

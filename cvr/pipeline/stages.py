@@ -222,6 +222,16 @@ def run_hash_features(spark, cfg: Config, ds: str) -> dict:
         return _hash_features(spark, cfg, ds)
 
 
+def _training_file_count(cfg: Config, cores: int, rows: int) -> int:
+    """Files for a day of the training table: as few as max_rows_per_file allows (each file ends in a partial
+    row group, and Petastorm pays per row group), but one per core while every file still gets a full group."""
+    s = cfg.storage
+    needed = -(-rows // s.max_rows_per_file)
+    if needed >= cores:
+        return -(-needed // cores) * cores
+    return max(needed, min(cores, rows // s.row_group_rows), 1)
+
+
 def _hash_features(spark, cfg: Config, ds: str) -> dict:
     started = time.time()
     _parse_ds(ds)
@@ -234,7 +244,11 @@ def _hash_features(spark, cfg: Config, ds: str) -> dict:
     _check_saved_spec(spec_file, spec)
     samples_df = read_table(spark, root, source, ds=ds)
     features = enforce(hashing.hash_features(samples_df, spec), "features")
-    written = _write(cfg, features, target, "features")
+    rows = count_rows(root, source, ds=ds)
+    files = _training_file_count(
+        cfg, spark.sparkContext.defaultParallelism, rows if rows is not None else samples_df.count()
+    )
+    written = _write(cfg, features.coalesce(files), target, "features")
     write_json_atomic(spec_file, json.loads(hashing.spec_to_json(spec)))
     report = {
         "stage": "hash-features",
