@@ -176,14 +176,15 @@ def impression_lookup(impressions, referenced_ids=None):
 EVENT_SOURCES = (CLICKS, BEHAVIOURS, CONVERSIONS)
 
 
-def classify_events(events: dict, lookup, ds: str, window_days: int, max_skew_seconds: int, reuse=None) -> dict:
+def classify_events(events: dict, lookup, ds: str, window_days: int, max_skew_seconds: int, reuse=None, partitions=None) -> dict:  # fmt: skip
     """{table: its events with a `_status` column} for the clicks, behaviours and conversions in `events`.
 
-    The three tables are classified together, as one union tagged with `_source`, so that each step (lookup join,
-    the two de-duplication windows, the funnel check) is one Spark stage for all of them rather than one per table.
-    Every window partitions by `_source` and orders by the row's own table's columns (the other tables' columns
-    are null in its rows), so each row gets the status it would get with its table classified alone.
-    `reuse` as in classify_parts.
+    The three tables are classified together, as one union tagged with `_source`, so that each step is one Spark
+    stage for all of them rather than one per table. Two exchanges serve every window: rows are hash-partitioned
+    by (`_source`, `_id`) for the same-id ranking, then by `impression_id` for the same-event ranking and the funnel
+    (a used click on the impression), whose window keys all contain that column. Every window orders by the row's
+    own table's columns (the other tables' columns are null in its rows), so each row gets the status it would get
+    with its table classified alone. `reuse` and `partitions` as in classify_parts.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -194,55 +195,70 @@ def classify_events(events: dict, lookup, ds: str, window_days: int, max_skew_se
         events[src.name].select("*", F.lit(src.name).alias("_source"), F.col(src.id_column).alias("_id"))
         for src in EVENT_SOURCES
     ]
-    fused = reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True), tagged)
+    fused = _narrowed(reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True), tagged), partitions)
     source = F.col("_source")
     is_behaviour = source == BEHAVIOURS.name
     identity = [c for src in EVENT_SOURCES for c in src.identity_columns]
     order = [F.when(source == name, F.col(c)).asc_nulls_first() for name, cols in columns.items() for c in cols]
 
     day = F.lit(ds).cast("date")
-    df = fused.withColumn("_event_day", F.to_date("ds")).join(lookup, "impression_id", "left")
+    event_day = F.to_date("ds")
     found = F.col("_imp_day").isNotNull()
-    offset = F.datediff("_event_day", "_imp_day")
+    offset = F.datediff(event_day, "_imp_day")
     in_window = found & (offset >= 0) & (offset <= window_days)
-    home = F.when(in_window, F.col("_imp_day") == day).otherwise(F.col("_event_day") == day)
-
+    home = F.when(in_window, F.col("_imp_day") == day).otherwise(event_day == day)
     null_key = F.col("_id").isNull() | F.col("impression_id").isNull() | F.col("ts").isNull()
     null_key = null_key | (is_behaviour & reduce(lambda a, b: a | b, [F.col(c).isNull() for c in BEHAVIOURS.identity_columns]))  # fmt: skip
     ok_pair = ((F.col("kind") == "micro") & F.col("action").isin(*MICRO_ACTIONS)) | (
         (F.col("kind") == "macro") & F.col("action").isin(*MACRO_ACTIONS)
     )
     invalid = is_behaviour & ~ok_pair
-    candidate = home & ~null_key & ~invalid
-    df = df.withColumn("_rank_id", F.row_number().over(Window.partitionBy(candidate, source, "_id").orderBy(*order)))
-    first_of_id = candidate & (F.col("_rank_id") == 1)
-    same_event = Window.partitionBy(first_of_id, source, "impression_id", "ts", *identity).orderBy(*order)
-    df = df.withColumn("_rank_event", F.row_number().over(same_event))
     skew = F.expr(f"INTERVAL {int(max_skew_seconds)} SECONDS")
+    # Flags as plain columns: the windows and the status below then read attributes, not repeated expressions.
+    flagged = fused.join(lookup, "impression_id", "left").select(
+        "*",
+        found.alias("_found"),
+        in_window.alias("_in_window"),
+        home.alias("_home"),
+        null_key.alias("_null_key"),
+        invalid.alias("_invalid"),
+        (F.col("ts") < F.col("_imp_ts") - skew).alias("_early"),
+    )
+    candidate = F.col("_home") & ~F.col("_null_key") & ~F.col("_invalid")
+    by_id = flagged.repartition("_source", "_id").withColumn("_candidate", candidate)
+    rank_id = F.row_number().over(Window.partitionBy("_candidate", "_source", "_id").orderBy(*order))
+    first_of_id = F.col("_candidate") & (F.col("_rank_id") == 1)
+    by_event = by_id.withColumn("_rank_id", rank_id).repartition("impression_id").withColumn("_first", first_of_id)
+    same_event = Window.partitionBy("_first", "_source", "impression_id", "ts", *identity).orderBy(*order)
     conditions = [
-        (~home, OUTSIDE),
-        (null_key, QUARANTINED + "null_key"),
-        (invalid, QUARANTINED + "invalid_kind_action"),
-        ((F.col("_rank_id") > 1) | (F.col("_rank_event") > 1), DEDUPLICATED),
-        (~found, QUARANTINED + "unknown_impression"),
-        (~in_window, QUARANTINED + "outside_attribution_window"),
+        (~F.col("_home"), OUTSIDE),
+        (F.col("_null_key"), QUARANTINED + "null_key"),
+        (F.col("_invalid"), QUARANTINED + "invalid_kind_action"),
+        ((F.col("_rank_id") > 1) | (F.row_number().over(same_event) > 1), DEDUPLICATED),
+        (~F.col("_found"), QUARANTINED + "unknown_impression"),
+        (~F.col("_in_window"), QUARANTINED + "outside_attribution_window"),
         (F.col("_imp_valid") == 0, QUARANTINED + "impression_quarantined"),
-        (F.col("ts") < F.col("_imp_ts") - skew, QUARANTINED + "before_impression"),
+        (F.col("_early"), QUARANTINED + "before_impression"),
     ]
     keep = list(dict.fromkeys(c for cols in columns.values() for c in cols))
-    ranked = reuse(df.select(*keep, "_source", _status_from(conditions, USED).alias("_status")))
+    ranked = by_event.select(*keep, "_source", _status_from(conditions, USED).alias("_status"))
     # The funnel: a behaviour or conversion that would be used needs a used click on its impression (last rule).
-    clicked = ranked.where((source == CLICKS.name) & (F.col("_status") == USED)).select("impression_id").distinct()
-    clicked = clicked.withColumn("_clicked", F.lit(True))
-    funnel = (source != CLICKS.name) & (F.col("_status") == USED) & F.col("_clicked").isNull()
+    used = F.col("_status") == USED
+    clicked = F.max((source == CLICKS.name) & used).over(Window.partitionBy("impression_id"))
+    funnel = (source != CLICKS.name) & used & ~clicked
     classified = reuse(
-        ranked.join(F.broadcast(clicked), "impression_id", "left").select(
+        ranked.select(
             *keep,
             "_source",
             F.when(funnel, F.lit(QUARANTINED + "no_click")).otherwise(F.col("_status")).alias("_status"),
         )
     )
     return {name: classified.where(source == name).select(*cols, "_status") for name, cols in columns.items()}
+
+
+def _narrowed(df, partitions):
+    """df read in at most `partitions` tasks: a few small event files per task instead of one task per split."""
+    return df.coalesce(partitions) if partitions else df
 
 
 def _quarantine_rows(classified, source: str, ds: str):
@@ -320,18 +336,22 @@ def _labelled_samples(impressions, clicks, behaviours, conversions, ds: str):
             F.sum("_cv").alias("n_conversions"),
         )
     )
-    joined = (
-        impressions.where(used)
-        .join(per_impression, "impression_id", "left")
-        .withColumn("hour", F.hour("ts"))
-        .fillna(0, subset=["_n_clicks", "n_micro", "n_macro", "n_conversions"])
-        .withColumn("click", (F.col("_n_clicks") > 0).cast("int"))
-        .withColumn("micro", (F.col("n_micro") > 0).cast("int"))
-        .withColumn("macro", (F.col("n_macro") > 0).cast("int"))
-        .withColumn("conversion", (F.col("n_conversions") > 0).cast("int"))
-        .withColumn("ds", F.lit(ds))
-    )
-    return joined.select(*[F.col(c["name"]).cast(_spark_type(c["type"])).alias(c["name"]) for c in schema_columns("samples")])  # fmt: skip
+    counts = ["_n_clicks", "n_micro", "n_macro", "n_conversions"]
+    joined = impressions.where(used).join(per_impression, "impression_id", "left")
+    # One select (not a chain of withColumn, each re-analysing the whole plan): counts default to 0, labels are n > 0.
+    n = {c: F.coalesce(F.col(c), F.lit(0)) for c in counts}
+    derived = {
+        "hour": F.hour("ts"),
+        "n_micro": n["n_micro"],
+        "n_macro": n["n_macro"],
+        "n_conversions": n["n_conversions"],
+        "click": (n["_n_clicks"] > 0).cast("int"),
+        "micro": (n["n_micro"] > 0).cast("int"),
+        "macro": (n["n_macro"] > 0).cast("int"),
+        "conversion": (n["n_conversions"] > 0).cast("int"),
+        "ds": F.lit(ds),
+    }
+    return joined.select(*[derived.get(c["name"], F.col(c["name"])).cast(_spark_type(c["type"])).alias(c["name"]) for c in schema_columns("samples")])  # fmt: skip
 
 
 def _spark_type(name: str) -> str:
@@ -355,19 +375,21 @@ class Classified:
         return {"impressions": parts.exceptional.unionByName(parts.context), **self.events}
 
 
-def classify_parts(impressions, clicks, behaviours, conversions, ds: str, window_days: int, max_skew_seconds: int, reuse=None) -> Classified:  # fmt: skip
+def classify_parts(impressions, clicks, behaviours, conversions, ds: str, window_days: int, max_skew_seconds: int, reuse=None, event_partitions=None) -> Classified:  # fmt: skip
     """Classify every input row. `reuse`: optional DataFrame -> DataFrame (e.g. persist) applied to the small frames
-    used more than once (impression lookup, clicked impressions, repeated impression ids, exceptional impressions,
-    classified events), so a caller that owns their lifetime avoids recomputing them."""
+    used more than once (impression lookup, repeated impression ids, exceptional impressions, classified events), so
+    a caller that owns their lifetime avoids recomputing them. `event_partitions`: read the event tables in at most
+    this many tasks (a caller that knows their size; they are small next to the impressions)."""
     from pyspark.sql import functions as F
 
     for df, table in ((impressions, "impressions"), (clicks, "clicks"), (behaviours, "behaviours"), (conversions, "conversions")):  # fmt: skip
         _require_columns(df, table)
-    referenced = reduce(lambda a, b: a.unionByName(b), [df.select("impression_id") for df in (clicks, behaviours, conversions)])  # fmt: skip
+    referenced = _narrowed(reduce(lambda a, b: a.unionByName(b), [df.select("impression_id") for df in (clicks, behaviours, conversions)]), event_partitions)  # fmt: skip
     reuse = reuse or (lambda df: df)
-    lookup = reuse(impression_lookup(impressions, referenced.where(F.col("impression_id").isNotNull()).distinct()))
+    # Not de-duplicated: a broadcast semi-join tolerates repeated keys, and a distinct would cost a shuffle stage.
+    lookup = reuse(impression_lookup(impressions, referenced.where(F.col("impression_id").isNotNull())))
     frames = {"clicks": clicks, "behaviours": behaviours, "conversions": conversions}
-    events = classify_events(frames, lookup, ds, window_days, max_skew_seconds, reuse)
+    events = classify_events(frames, lookup, ds, window_days, max_skew_seconds, reuse, event_partitions)
     return Classified(impressions=split_impressions(impressions, ds, reuse), events=events)
 
 

@@ -35,6 +35,7 @@ from cvr.storage import write_partitions as _write_partitions
 
 log = logging.getLogger(__name__)
 EVENT_TABLES = ("clicks", "behaviours", "conversions")
+EVENT_ROWS_PER_TASK = 1_000_000  # event rows one task reads and classifies (events are a few % of impressions)
 
 
 class StageInputError(RuntimeError):
@@ -157,11 +158,14 @@ def _build_samples(spark, cfg: Config, ds: str) -> dict:
     steps = {}
     try:
         tick = time.time()
+        inputs = _input_rows(frames, cfg, read)
+        event_tasks = -(-sum(inputs[name] for name in EVENT_TABLES) // EVENT_ROWS_PER_TASK)
         classified = samples.classify_parts(
             impressions, frames["clicks"], frames["behaviours"], frames["conversions"],
             ds=ds, window_days=window, max_skew_seconds=cfg.samples.max_clock_skew_seconds, reuse=keep,
+            event_partitions=max(event_tasks, 1),
         )  # fmt: skip
-        counts = samples.counts_by_status(classified.without_clean(), _input_rows(frames, cfg, read))
+        counts = samples.counts_by_status(classified.without_clean(), inputs)
         steps["classify_and_count"], tick = round(time.time() - tick, 3), time.time()
 
         def check(rows_by_ds: dict) -> None:
