@@ -125,9 +125,14 @@ def _even_splits(spark):
     return sql_conf(spark, {"spark.sql.files.minPartitionNum": str(4 * spark.sparkContext.defaultParallelism)})
 
 
+# build-samples' plans are large, and Spark renders the whole plan for its listeners at every query start and, with
+# adaptive execution, again after every query stage: a simple, capped rendering saves that driver CPU.
+SHORT_PLAN_STRINGS = {"spark.sql.ui.explainMode": "simple", "spark.sql.maxPlanStringLength": "8192"}
+
+
 def run_build_samples(spark, cfg: Config, ds: str) -> dict:
     """Build the samples partition `ds` (see _build_samples), with input splits spread evenly over the cores."""
-    with _even_splits(spark):
+    with _even_splits(spark), sql_conf(spark, SHORT_PLAN_STRINGS):
         return _build_samples(spark, cfg, ds)
 
 
