@@ -192,15 +192,16 @@ def test_stage_writes_delta_features_and_saves_spec(spark, tmp_path, spec, capsy
         run_hash_features(spark, cfg_other, "2026-01-01")
 
 
-def test_training_file_count_keeps_files_few_but_one_per_core():
+def test_training_file_count_merges_only_files_too_small_for_full_row_groups():
     from cvr.config import load_config
     from cvr.pipeline.stages import _training_file_count
 
     cfg = load_config(overrides={"storage": {"row_group_rows": 20000, "max_rows_per_file": 200000}})
-    assert _training_file_count(cfg, 2, 200_000) == 2  # one per core: each still holds 5 full row groups
-    assert _training_file_count(cfg, 2, 1_000_000) == 6  # 5 files of the maximum, rounded up to the cores
-    assert _training_file_count(cfg, 8, 50_000) == 2  # no file without a full row group
-    assert _training_file_count(cfg, 2, 900) == _training_file_count(cfg, 2, 0) == 1
+    assert _training_file_count(cfg, 2, 1_000_000, 8) == 8  # 125k rows a file: kept, no merging
+    assert _training_file_count(cfg, 2, 200_000, 8) == 2  # 25k a file -> one per core, 5 full groups each
+    assert _training_file_count(cfg, 8, 50_000, 8) == 2  # no file without a full row group
+    assert _training_file_count(cfg, 2, 900, 4) == 1
+    assert _training_file_count(cfg, 2, 0, 0) == 0
 
 
 def test_stage_writes_the_features_day_as_few_files(spark, tmp_path, spec):
@@ -214,7 +215,7 @@ def test_stage_writes_the_features_day_as_few_files(spark, tmp_path, spec):
     assert run_hash_features(spark, cfg, "2026-01-01")["output"]["rows"] == 3000
     files = [pq.ParquetFile(f[len("file://") :]).metadata.num_rows for f in table_files(str(tmp_path), "features")]
     cores = spark.sparkContext.defaultParallelism
-    assert len(files) == _training_file_count(cfg, cores, 3000) < 7 and max(files) <= 1000, files
+    assert len(files) == _training_file_count(cfg, cores, 3000, 7) < 7 and max(files) <= 1000, files
 
 
 SAMPLES_SCHEMA_COLUMNS = [part.strip().split(" ")[0] for part in SAMPLES_SCHEMA.split(",")]

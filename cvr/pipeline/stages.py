@@ -231,14 +231,14 @@ def run_hash_features(spark, cfg: Config, ds: str) -> dict:
         return _hash_features(spark, cfg, ds)
 
 
-def _training_file_count(cfg: Config, cores: int, rows: int) -> int:
-    """Files for a day of the training table: as few as max_rows_per_file allows (each file ends in a partial
-    row group, and Petastorm pays per row group), but one per core while every file still gets a full group."""
+def _training_file_count(cfg: Config, cores: int, rows: int, partitions: int) -> int:
+    """Files for a day of the training table: one per input partition, unless that leaves files of under two
+    row groups (each file ends in a partial row group, and Petastorm pays per row group); then as few as
+    max_rows_per_file allows, one per core while each still holds a full row group."""
     s = cfg.storage
-    needed = -(-rows // s.max_rows_per_file)
-    if needed >= cores:
-        return -(-needed // cores) * cores
-    return max(needed, min(cores, rows // s.row_group_rows), 1)
+    if partitions == 0 or rows >= 2 * s.row_group_rows * partitions:
+        return partitions
+    return min(partitions, max(-(-rows // s.max_rows_per_file), min(cores, rows // s.row_group_rows), 1))
 
 
 def _hash_features(spark, cfg: Config, ds: str) -> dict:
@@ -254,10 +254,12 @@ def _hash_features(spark, cfg: Config, ds: str) -> dict:
     samples_df = read_table(spark, root, source, ds=ds)
     features = enforce(hashing.hash_features(samples_df, spec), "features")
     rows = count_rows(root, source, ds=ds)
-    files = _training_file_count(
-        cfg, spark.sparkContext.defaultParallelism, rows if rows is not None else samples_df.count()
-    )
-    written = _write(cfg, features.coalesce(files), target, "features")
+    rows = rows if rows is not None else samples_df.count()
+    partitions = features.rdd.getNumPartitions()
+    files = _training_file_count(cfg, spark.sparkContext.defaultParallelism, rows, partitions)
+    if files < partitions:  # coalesce merges input splits: no shuffle
+        features = features.coalesce(files)
+    written = _write(cfg, features, target, "features")
     write_json_atomic(spec_file, json.loads(hashing.spec_to_json(spec)))
     report = {
         "stage": "hash-features",
