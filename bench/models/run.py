@@ -1,12 +1,15 @@
 """Model speed benchmark: forward+backward time per 1,000 samples at batch 1,024 on CPU.
 
 Every model in conf/models runs in its own subprocess (so the peak-RSS delta is its own) on the
-same random batch (fixed seed): warmup steps, then repeats; the median step is reported.
+same random batch (fixed seed): warmup steps, then repeats; the median step is reported. The first
+model pair timed in a fresh process is slower for a few dozen steps (CL4CVR / ESMM after 3 warm-up
+steps: 2.16, then 1.90-1.93 for the next pairs of the same process; after 10: 1.99-2.04; after 30:
+1.97-1.98), so 30 warm-up steps are spent before timing the steady state.
 Peak memory = resource.getrusage(RUSAGE_SELF).ru_maxrss after the timed steps minus before the
 first step (process peak RSS growth caused by training steps; the model and batch are built before).
 Writes bench/results/models.json and prints a table.
 
-    .venv/bin/python bench/models/run.py [--models esmm cl4cvr] [--threads 1] [--repeats 15]
+    .venv/bin/python bench/models/run.py [--models esmm cl4cvr] [--threads 1] [--repeats 40]
 """
 
 from __future__ import annotations
@@ -177,8 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fields", type=int, default=16)
     parser.add_argument("--buckets", type=int, default=10000)
     parser.add_argument("--dense", type=int, default=4)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--seed", type=int, default=123)
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args(argv)
