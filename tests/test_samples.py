@@ -229,6 +229,21 @@ def test_cli_rerun_is_idempotent(spark, staged, capsys):
     assert main(["build-samples", "--root", root, "--ds", "2026-13-01"]) == 2
 
 
+def test_stage_rerun_without_usable_impressions_removes_the_days_samples(spark, tmp_path):
+    from cvr.pipeline.stages import run_build_samples
+    from cvr.storage import list_partitions, table_exists, write_partitions
+
+    write_events(spark, tmp_path)
+    cfg = stage_config(tmp_path)
+    run_build_samples(spark, cfg, D)
+    assert D in list_partitions(str(tmp_path), "samples")
+    malformed = [imp(f"i{k}", t(D, "10:00"), user=None) for k in range(1, 6)]
+    write_partitions(spark.createDataFrame(malformed, IMP_SCHEMA), str(tmp_path), "impressions")
+    report = run_build_samples(spark, cfg, D)
+    assert report["output"]["deleted_partitions"] == [D] and not table_exists(str(tmp_path), "samples")
+    assert report["counts"]["impressions"]["used"] == 0 and check_identity(report["counts"]) == []
+
+
 def test_stage_refuses_bad_input_schema_and_missing_day(spark, tmp_path):
     from cvr.pipeline.stages import StageInputError, run_build_samples
     from cvr.storage import SchemaError, write_partitions

@@ -182,6 +182,8 @@ def _build_samples(spark, cfg: Config, ds: str) -> dict:
         tables = classified.tables()
         samples_df = enforce(samples.samples_from(tables, ds), "samples")
         written = _write(cfg, samples_df, cfg.samples.table, "samples", before_commit=check)
+        if ds not in written.get("partitions", []):  # every impression quarantined: drop an earlier run's day
+            written["deleted_partitions"] = delete_partitions(cfg.storage.root, cfg.samples.table, ds)
         steps["write_samples"], tick = round(time.time() - tick, 3), time.time()
         # The quarantine rows come from small cached frames: one file, not one per upstream partition.
         quarantine_df = samples.quarantine_from(classified.without_clean(), ds).coalesce(1)
