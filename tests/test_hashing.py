@@ -199,8 +199,8 @@ def test_training_file_count_merges_only_files_too_small_for_full_row_groups():
     cfg = load_config(overrides={"storage": {"row_group_rows": 20000, "max_rows_per_file": 200000}})
     assert _training_file_count(cfg, 2, 1_000_000, 8) == 8  # 125k rows a file: kept, no merging
     assert _training_file_count(cfg, 2, 200_000, 8) == 2  # 25k a file -> one per core, 5 full groups each
-    assert _training_file_count(cfg, 8, 50_000, 8) == 2  # no file without a full row group
-    assert _training_file_count(cfg, 2, 900, 4) == 1
+    assert _training_file_count(cfg, 8, 50_000, 8) == 1  # two full groups in one file, not one in each of two
+    assert _training_file_count(cfg, 2, 20_000, 8) == 8  # too small to merge: a rank may not get only a remainder
     assert _training_file_count(cfg, 2, 0, 0) == 0
 
 

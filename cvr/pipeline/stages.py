@@ -235,12 +235,13 @@ def run_hash_features(spark, cfg: Config, ds: str) -> dict:
 
 def _training_file_count(cfg: Config, cores: int, rows: int, partitions: int) -> int:
     """Files for a day of the training table: one per input partition, unless that leaves files of under two
-    row groups (each file ends in a partial row group, and Petastorm pays per row group); then as few as
-    max_rows_per_file allows, one per core while each still holds a full row group."""
+    row groups (each file ends in a partial row group, and Petastorm pays per row group); then one per core,
+    as long as each file gets at least two full row groups (fewer groups would unbalance the rank shards)."""
     s = cfg.storage
-    if partitions == 0 or rows >= 2 * s.row_group_rows * partitions:
+    per_core = min(cores, rows // (2 * s.row_group_rows))
+    if rows >= 2 * s.row_group_rows * partitions or per_core < 1:
         return partitions
-    return min(partitions, max(-(-rows // s.max_rows_per_file), min(cores, rows // s.row_group_rows), 1))
+    return min(partitions, max(per_core, -(-rows // s.max_rows_per_file)))
 
 
 def _hash_features(spark, cfg: Config, ds: str) -> dict:
