@@ -65,6 +65,14 @@ def _write(cfg: Config, df, name: str, schema: str | None = None, before_commit=
     return _write_partitions(df, s.root, name, s.format, s.row_group_rows, s.max_rows_per_file, before_commit, plain)
 
 
+def _write_day(cfg: Config, df, name: str, ds: str, schema: str | None = None, before_commit=None) -> dict:
+    """_write for one day's rows: a re-run that yields no rows for `ds` removes the earlier run's partition."""
+    written = _write(cfg, df, name, schema, before_commit)
+    if ds not in written.get("partitions", []):
+        written["deleted_partitions"] = delete_partitions(cfg.storage.root, name, ds)
+    return written
+
+
 def _read_days(spark, cfg: Config, name: str, days: list[str]):
     """Partitions `days` of table `name` that exist, enforced to its schema; empty when the table is absent."""
     root = cfg.storage.root
@@ -94,10 +102,7 @@ def _brief(value):
 def _write_quarantine(cfg: Config, quarantine_df, job: str, ds: str) -> dict:
     """Replace day `ds` of the job's quarantine table; a clean re-run removes the earlier run's rows."""
     name = f"quarantine_{job.replace('-', '_')}"
-    written = _write(cfg, enforce(quarantine_df, "quarantine"), name)
-    if ds not in written.get("partitions", []):
-        written["deleted_partitions"] = delete_partitions(cfg.storage.root, name, ds)
-    return written
+    return _write_day(cfg, enforce(quarantine_df, "quarantine"), name, ds)
 
 
 class UnbalancedCountsError(RuntimeError):
@@ -181,9 +186,7 @@ def _build_samples(spark, cfg: Config, ds: str) -> dict:
 
         tables = classified.tables()
         samples_df = enforce(samples.samples_from(tables, ds), "samples")
-        written = _write(cfg, samples_df, cfg.samples.table, "samples", before_commit=check)
-        if ds not in written.get("partitions", []):  # every impression quarantined: drop an earlier run's day
-            written["deleted_partitions"] = delete_partitions(cfg.storage.root, cfg.samples.table, ds)
+        written = _write_day(cfg, samples_df, cfg.samples.table, ds, "samples", before_commit=check)
         steps["write_samples"], tick = round(time.time() - tick, 3), time.time()
         # The quarantine rows come from small cached frames: one file, not one per upstream partition.
         quarantine_df = samples.quarantine_from(classified.without_clean(), ds).coalesce(1)
