@@ -158,9 +158,10 @@ class _MaskedNTXent(torch.autograd.Function):
             flat.masked_fill_(excluded.reshape(groups * m, m), float("-inf"))
         elif excluded is not None:
             flat[excluded] = float("-inf")
+        no_shift = 1.0 / temperature <= _NO_SHIFT_BOUND  # cosines bound |S| by 1/tau: exp cannot overflow
         # Symmetric: S and every exclusion are, so softmax^T = exp(S) / total_k and G + G^T needs no transpose.
-        ctx.symmetric = dense_weights is None and 1.0 / temperature <= _NO_SHIFT_BOUND
-        if 1.0 / temperature <= _NO_SHIFT_BOUND:  # cosines bound |S| by 1/tau: exp cannot overflow
+        ctx.symmetric = dense_weights is None and no_shift
+        if no_shift:
             prob = flat.exp_()
             total = prob.sum(dim=1, keepdim=True)
             lse = total.log().squeeze(1)

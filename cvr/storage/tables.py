@@ -184,7 +184,7 @@ def _bytes_per_row(path: str, df) -> float:
     return _estimate_bytes_per_row(df) or _DEFAULT_BYTES_PER_ROW
 
 
-def _calibrate_bytes_per_row(files: list[str], block_size: int, target_rows: int) -> float | None:
+def _calibrate_bytes_per_row(files: list[str], block_size: int) -> float | None:
     """Bytes per row the Parquet writer effectively counted, from row groups that were closed by the size limit."""
     import pyarrow.parquet as pq
 
@@ -290,7 +290,7 @@ def _page_rows(row_group_rows: int) -> int:
 
 
 def _save_layout(path: str, columns: list[str], files: list[str], block_size: int, target_rows: int) -> None:
-    measured = _calibrate_bytes_per_row(files, block_size, target_rows) if files else None
+    measured = _calibrate_bytes_per_row(files, block_size) if files else None
     if measured:
         # Halfway (geometrically) from the value this write used: bytes per row shrink as row groups grow, so
         # jumping straight to the measured value overshoots the other way on the next write.
