@@ -132,3 +132,38 @@ def test_reader_columns_equal_pandas_conversion_including_nulls(tmp_path):
         expected = table.column(name).to_pandas().to_numpy()
         np.testing.assert_array_equal(got[name], expected)  # nulls read as NaN, as Petastorm's own conversion
         assert got[name].dtype == expected.dtype
+
+
+def test_row_permutations_follow_the_seed(tmp_path):
+    files = []
+    for i in range(3):  # 1,000-row groups whose ids say which group they are: id // 1000
+        path = tmp_path / f"part-{i}.parquet"
+        pq.write_table(pa.table({"f_a": np.arange(i * 2000, (i + 1) * 2000)}), path, row_group_size=1000)
+        files.append(f"file://{path}")
+    plan = plan_shards(files, shard_count=1, batch_size=100)
+
+    def permutations(seed: int, workers: int) -> dict[int, list[int]]:
+        # two epochs' worth: with several threads, the next epoch's first row groups can overtake this one's last
+        stream = training_batches(plan, ["f_a"], 0, 1, seed=seed, workers=workers)
+        ids = np.concatenate([next(stream)["f_a"] for _ in range(2 * plan.steps_per_epoch)])
+        stream.close()
+        return {g: ids[ids // 1000 == g][:1000].tolist() for g in range(6)}  # each row group's first visit
+
+    first = permutations(7, workers=1)
+    assert sorted(first[4]) == list(range(4000, 5000)) and first[4] != sorted(first[4])
+    assert permutations(7, workers=1) == first
+    assert permutations(8, workers=1) != first
+    # several threads may finish row groups in any order, but each still comes whole and shuffled
+    assert all(sorted(rows) == list(range(g * 1000, (g + 1) * 1000)) for g, rows in permutations(7, 3).items())
+
+
+def test_a_conversion_error_in_a_reader_thread_reaches_the_consumer(uneven_files):
+    plan = plan_shards(uneven_files, shard_count=1, batch_size=100)
+
+    def convert(arrays, order):
+        raise ValueError("batch 'sparse': f_a has id -1 at row 0")
+
+    stream = training_batches(plan, ["f_a"], 0, 1, seed=1, convert=convert)
+    with pytest.raises(ValueError, match="f_a has id -1"):
+        next(stream)
+    stream.close()
