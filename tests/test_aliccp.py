@@ -96,6 +96,22 @@ def test_stage_writes_table_quarantine_and_report(spark, tmp_path):
         run_ingest_aliccp(spark, cfg, "/nope.csv", str(COMMON), DS)
 
 
+def test_rerun_whose_lines_are_all_malformed_removes_the_days_samples(spark, tmp_path):
+    from cvr.config import load_config
+    from cvr.pipeline.stages import run_ingest_aliccp
+    from cvr.storage import list_partitions, table_exists
+
+    cfg = load_config(root=str(tmp_path))
+    run_ingest_aliccp(spark, cfg, str(SKELETON), str(COMMON), DS)
+    assert DS in list_partitions(str(tmp_path), cfg.samples.aliccp_table)
+    corrected = tmp_path / "skeleton_all_bad.csv"
+    corrected.write_text("not,a,skeleton,line\n")
+    report = run_ingest_aliccp(spark, cfg, str(corrected), str(COMMON), DS)
+    assert report["output"]["deleted_partitions"] == [DS]
+    assert report["counts"]["sample_skeleton"]["quarantined"] == {"wrong_column_count": 1}
+    assert not table_exists(str(tmp_path), cfg.samples.aliccp_table)
+
+
 def test_declared_schema_lists_every_field_in_output_order(ingested):
     from cvr.storage import load_schema
 

@@ -294,7 +294,9 @@ def run_ingest_aliccp(spark, cfg: Config, skeleton: str, common: str, ds: str) -
         "ds": ds,
         "inputs": {"skeleton": skeleton, "common": common},
         "counts": counts,
-        "output": _write(cfg, enforce(samples_df, "aliccp_samples"), cfg.samples.aliccp_table, "aliccp_samples"),
+        "output": _write_day(
+            cfg, enforce(samples_df, "aliccp_samples"), cfg.samples.aliccp_table, ds, "aliccp_samples"
+        ),
         "quarantine": _write_quarantine(cfg, quarantine_df, aliccp.JOB, ds),
     }
     return _finish(cfg, "ingest-aliccp", ds, report, started)
