@@ -222,19 +222,16 @@ class _MaskedNTXent(torch.autograd.Function):
 
 def _excluded_views(n: int, dup: Tensor | None, groups: int, device) -> Tensor:
     """[G, 2N, 2N] bool: the anchor itself and every view of a duplicate sample, but never the partner."""
-    idx = torch.arange(2 * n, device=device)
-    if dup is None:
-        excluded = torch.zeros(groups, 2 * n, 2 * n, dtype=torch.bool, device=device)
-    else:
-        excluded = dup.bool().repeat(1, 2, 2)
-    excluded[:, idx, (idx + n) % (2 * n)] = False
-    excluded[:, idx, idx] = True
+    excluded = torch.eye(2 * n, dtype=torch.bool, device=device).repeat(groups, 1, 1)
+    if dup is not None:
+        rows, cols = _duplicate_view_pairs(n, dup.bool())
+        excluded.view(groups * 2 * n, 2 * n)[rows, cols] = True
     return excluded
 
 
 def _duplicate_view_pairs(n: int, dup: Tensor) -> tuple[Tensor, Tensor]:
     """(rows over G * 2N anchors, cols within the group) of every view pair of two different duplicate
-    samples: _excluded_views off its diagonal and partners, as indices (duplicates are rare)."""
+    samples, as indices (duplicates are rare); never an anchor's partner, which is a view of the same sample."""
     group, a, b = (dup & ~torch.eye(n, dtype=torch.bool, device=dup.device)).nonzero().unbind(1)
     rows = torch.cat([a, a, a + n, a + n]) + group.repeat(4) * 2 * n
     return rows, torch.cat([b, b + n, b, b + n])
