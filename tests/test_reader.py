@@ -113,7 +113,32 @@ def test_layout_gathers_rows_in_the_given_order_while_converting():
     for name, values in as_read.items():
         np.testing.assert_array_equal(shuffled[name], values[order])
         assert shuffled[name].dtype == values.dtype and shuffled[name].flags.writeable
-    assert shuffled["sparse"].dtype == np.int64 and not np.isnan(shuffled["dense"]).any()
+    assert shuffled["sparse"].dtype == np.int32 and not np.isnan(shuffled["dense"]).any()
+
+
+def test_ids_are_int32_unless_a_field_has_more_buckets():
+    arrays = {"f_u": np.array([0, 5, 2**31 - 1]), "f_i": np.array([3, 1, 0])}
+    narrow = FeatureLayout.from_spec({"fields": [{"name": "u", "buckets": 2**31}, {"name": "i", "buckets": 4}]})
+    assert narrow.to_arrays(arrays)["sparse"].dtype == np.int32
+    assert narrow.to_arrays(arrays)["sparse"][:, 0].tolist() == [0, 5, 2**31 - 1]
+    wide = FeatureLayout.from_spec({"fields": [{"name": "u", "buckets": 2**40}, {"name": "i", "buckets": 4}]})
+    assert wide.to_arrays(arrays | {"f_u": np.array([0, 5, 2**35])})["sparse"].dtype == np.int64
+
+
+def test_an_id_outside_its_buckets_names_the_file_column_row_and_value(tmp_path):
+    path = tmp_path / "bad.parquet"
+    ids = np.arange(3000) % 10
+    ids[2345] = 2**32 + 3  # narrowed to int32 unchecked, it would wrap to 3: a valid-looking id
+    pq.write_table(pa.table({"f_a": ids, "click": np.zeros(3000, np.int32)}), path, row_group_size=1000)
+    plan = plan_shards([f"file://{path}"], shard_count=1, batch_size=100)
+    layout = FeatureLayout.from_spec({"fields": [{"name": "a", "buckets": 10}]})
+    stream = training_batches(plan, ["f_a", "click"], 0, 1, seed=1, shuffle=False, workers=1, convert=layout.to_arrays)
+    with pytest.raises(ValueError, match=rf"bad.parquet \(row group 2\): column f_a has id {2**32 + 3} at row 345, expected 0 <= id < 10"):  # fmt: skip
+        for _ in range(plan.steps_per_epoch):
+            next(stream)
+    stream.close()
+    with pytest.raises(ValueError, match="column f_a: null id at row 1"):
+        layout.to_arrays({"f_a": np.array([1.0, np.nan])})
 
 
 def test_reader_columns_equal_pandas_conversion_including_nulls(tmp_path):

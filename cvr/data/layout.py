@@ -45,15 +45,22 @@ class FeatureLayout:
             cols += list(LABELS)
         return cols + [c for c in extra if c not in cols]
 
+    @property
+    def sparse_dtype(self) -> type:
+        """int32 ids when every field's ids fit (half the bytes to convert and to batch), else int64."""
+        return np.int32 if max(self.buckets) <= 2**31 else np.int64
+
     def to_arrays(self, arrays: dict[str, np.ndarray], order: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Column arrays -> the model's batch arrays (sparse [n, F] int64, dense [n, D] float32, keys int64,
-        labels float32), vectorised over all n rows: the reader converts whole row groups.
+        """Column arrays -> the model's batch arrays (sparse [n, F] of sparse_dtype, dense [n, D] float32,
+        keys int64, labels float32), vectorised over all n rows: the reader converts whole row groups.
 
         With `order` (a permutation of the rows, or any row indices) the rows come out in that order: the
-        shuffle is the take that turns each stacked block into the output (see _gathered_matrix).
+        shuffle is the take that turns each stacked block into the output (see _gathered_matrix). An id
+        outside its field's buckets, or a null id, raises ValueError naming the column, row and value.
         """
+        self.check_ids(arrays)
         out = {
-            "sparse": _gathered_matrix(arrays, self.sparse_columns, np.int64, order),
+            "sparse": _gathered_matrix(arrays, self.sparse_columns, self.sparse_dtype, order),
             "dense": _gathered_matrix(arrays, self.dense_columns, np.float32, order),
         }
         if self.dense_columns:
@@ -62,6 +69,18 @@ class FeatureLayout:
             if name in arrays:  # always a fresh array: Arrow's buffers are read-only
                 out[name] = _gathered_matrix(arrays, (name,), dtype, order)[:, 0]
         return out
+
+    def check_ids(self, arrays: dict[str, np.ndarray]) -> None:
+        """Every sparse column holds ids in [0, buckets): checked before the ids are narrowed to sparse_dtype."""
+        for name, buckets in zip(self.sparse_columns, self.buckets, strict=True):
+            ids = arrays[name]
+            if len(ids) == 0:
+                continue
+            if ids.dtype.kind == "f" and np.isnan(ids).any():  # Arrow reads a null in an integer column as NaN
+                raise ValueError(f"column {name}: null id at row {int(np.flatnonzero(np.isnan(ids))[0])}")
+            if ids.min() < 0 or ids.max() >= buckets:
+                row = int(np.flatnonzero((ids < 0) | (ids >= buckets))[0])
+                raise ValueError(f"column {name} has id {ids[row]} at row {row}, expected 0 <= id < {buckets}")
 
     def to_tensors(self, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """Column arrays of one batch -> the model's batch dict, with no per-row Python work."""

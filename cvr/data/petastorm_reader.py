@@ -88,7 +88,11 @@ class _ArraysWorker(ArrowReaderWorker):
         # one thread per row group: the reader's threads already read row groups in parallel
         file = self._parquet_file(piece.path)
         table = file.read_row_group(piece.row_group, columns=list(self.columns), use_threads=False)
-        self.publish_func(type(self).convert(_column_arrays(table), piece_index))
+        try:
+            converted = type(self).convert(_column_arrays(table), piece_index)
+        except ValueError as exc:  # bad values: say which file and row group they are in
+            raise ValueError(f"{piece.path} (row group {piece.row_group}): {exc}") from exc
+        self.publish_func(converted)
 
     def _parquet_file(self, path: str):
         import pyarrow.filesystem
