@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 from petastorm.arrow_reader_worker import ArrowReaderWorker
+from petastorm.reader import Reader
 
 from cvr.data.sharding import ShardPlan
 
@@ -27,7 +28,10 @@ warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\..*
 # Our tables are plain Parquet (no Petastorm metadata), so every reader would log two INFO lines saying so.
 logging.getLogger("petastorm.etl.dataset_metadata").setLevel(logging.WARNING)
 
-_READ_AHEAD_PER_WORKER = 3  # row groups
+_READ_AHEAD_PER_WORKER = 3  # converted row groups waiting for the consumer
+# Row groups handed out but not yet consumed. Petastorm allows workers + 2 and tops the queue up every 10 ms,
+# so a fast consumer drains it and the worker threads sit idle until the next top-up (busy 74% of the time).
+_IN_FLIGHT_PER_WORKER = 6
 _OPEN_FILES_PER_WORKER = 8
 
 # (arrays of one row group, its index among the dataset's row groups) -> what the reader yields
@@ -37,14 +41,14 @@ RowGroupConverter = Callable[[dict[str, np.ndarray], int], dict[str, np.ndarray]
 @contextlib.contextmanager
 def _batch_reader(files, columns, *, shard, shard_count, seed, shuffle, epochs, workers, convert: RowGroupConverter):
     from petastorm.fs_utils import get_filesystem_and_path_or_paths
-    from petastorm.reader import Reader, normalize_dataset_url_or_urls
+    from petastorm.reader import normalize_dataset_url_or_urls
     from petastorm.workers_pool.thread_pool import ThreadPool
 
     filesystem, paths = get_filesystem_and_path_or_paths(normalize_dataset_url_or_urls(list(files)))
     worker_class = type("_BoundArraysWorker", (_ArraysWorker,), {"columns": tuple(columns), "convert": convert})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        reader = Reader(
+        reader = _Reader(
             filesystem,
             paths,
             schema_fields=list(columns),
@@ -64,6 +68,16 @@ def _batch_reader(files, columns, *, shard, shard_count, seed, shuffle, epochs, 
     finally:
         reader.stop()
         reader.join()
+
+
+class _Reader(Reader):
+    """Petastorm's Reader with more row groups in flight per worker (see _IN_FLIGHT_PER_WORKER)."""
+
+    def _create_ventilator(self, row_group_indexes, shuffle_row_groups, shuffle_row_drop_partitions, num_epochs,
+                           worker_predicate, max_ventilation_queue_size, seed):  # fmt: skip
+        in_flight = max(max_ventilation_queue_size, _IN_FLIGHT_PER_WORKER * self._workers_pool.workers_count)
+        return super()._create_ventilator(row_group_indexes, shuffle_row_groups, shuffle_row_drop_partitions,
+                                          num_epochs, worker_predicate, in_flight, seed)  # fmt: skip
 
 
 class _ArraysWorker(ArrowReaderWorker):
