@@ -105,6 +105,7 @@ class TrainConfig:
     reader_workers: int = 2
     sparse_gradients: bool = False
     threads_per_rank: int = 0  # 0 = cores / ranks
+    bind_cores: bool = True  # CPU, several ranks per machine: pin each rank to cores of its own
     output: str = ""  # artifact folder; default <root>/models/<run>
     model_overrides: dict[str, Any] = field(default_factory=dict)  # deep-merged into the model YAML
 

@@ -120,3 +120,31 @@ def test_sigkill_of_one_rank_then_resume_matches_an_uninterrupted_run(table_root
     assert after["steps"] == full["steps"]
     assert abs(after["ctr"]["auc"] - full["ctr"]["auc"]) < 0.02
     assert abs(after["cvr"]["auc"] - full["cvr"]["auc"]) < 0.05
+
+
+def test_rank_cores_split_the_available_cores_or_leave_ranks_unpinned():
+    from cvr.train.distributed import rank_cores
+
+    assert rank_cores([0, 1, 2, 3], local_rank=1, local_size=2, threads_per_rank=2) == [2, 3]
+    assert rank_cores([4, 6], local_rank=1, local_size=2, threads_per_rank=1) == [6]  # a cpuset, not 0..n-1
+    assert rank_cores([0, 1], local_rank=0, local_size=2, threads_per_rank=2) == []  # too few cores: unpinned
+    assert rank_cores([0, 1, 2], local_rank=2, local_size=3, threads_per_rank=0) == []
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_second_local_rank_pins_every_thread_of_its_process_to_its_core():
+    code = """
+import os, threading
+from cvr.train.distributed import Horovod
+started = threading.Event()
+worker = threading.Thread(target=lambda: started.wait(30), daemon=True)
+worker.start()  # a thread that exists before binding, as Horovod's background thread does
+dist = Horovod.__new__(Horovod)
+dist.local_rank, dist.local_size = 1, 2
+cores = dist.bind_cores(1)
+print(cores, sorted(os.sched_getaffinity(0)), sorted(os.sched_getaffinity(worker.native_id)))
+started.set()
+"""
+    second = sorted(os.sched_getaffinity(0))[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")[0]
+    assert out == f"[{second}] [{second}] [{second}]"

@@ -5,6 +5,7 @@ A torch.distributed backend can be added beside it with the same functions (desi
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -41,6 +42,22 @@ class Horovod:
         torch.set_num_threads(threads_per_rank)
         return threads_per_rank
 
+    def bind_cores(self, threads_per_rank: int) -> list[int]:
+        """Pin this rank's threads, and those it starts later, to cores of its own, as MPI's --bind-to core.
+
+        Only for CPU training with several ranks on the machine and a core for every thread. Unpinned, a
+        rank's Horovod and Gloo threads wake on the other rank's core, one rank falls behind, and the other
+        waits for it in every collective (2 ranks on 2 cores: 20 ms steps instead of 14). Returns the cores
+        (empty when nothing was pinned).
+        """
+        if self.local_size < 2 or torch.cuda.is_available() or not hasattr(os, "sched_setaffinity"):
+            return []
+        cores = rank_cores(sorted(os.sched_getaffinity(0)), self.local_rank, self.local_size, threads_per_rank)
+        for thread_id in os.listdir("/proc/self/task") if cores else []:
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                os.sched_setaffinity(int(thread_id), cores)
+        return cores
+
     def distributed_optimizer(self, optimizer, model, sparse_as_dense: bool):
         if self.size == 1:
             return optimizer
@@ -70,3 +87,10 @@ class Horovod:
     def barrier(self) -> None:
         if self.size > 1:
             self.hvd.allreduce(torch.zeros(1), name="barrier")
+
+
+def rank_cores(available: list[int], local_rank: int, local_size: int, threads_per_rank: int) -> list[int]:
+    """The cores of local rank `local_rank` when `available` has threads_per_rank for each rank, else []."""
+    if threads_per_rank < 1 or len(available) < local_size * threads_per_rank:
+        return []
+    return available[local_rank * threads_per_rank : (local_rank + 1) * threads_per_rank]

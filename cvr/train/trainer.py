@@ -89,6 +89,8 @@ def train_worker(job: dict) -> dict:
     dist = Horovod()
     device = dist.device()
     threads = dist.set_threads(tcfg["threads_per_rank"])
+    if tcfg.get("bind_cores", True) and (cores := dist.bind_cores(threads)):
+        log.info("rank %d: pinned to cores %s", dist.rank, cores)
     torch.manual_seed(tcfg["seed"])
     np.random.seed(tcfg["seed"])
     layout = FeatureLayout.from_spec(job["spec"])
