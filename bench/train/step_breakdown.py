@@ -32,6 +32,7 @@ FIELDS, BUCKETS, DENSE, BATCH, STEPS, WARMUP = 12, 2**14, 4, 1024, 50, 10
 def main(model_name: str) -> None:
     dist = Horovod()
     dist.set_threads(1)
+    dist.bind_cores(1)  # as the trainer does
     torch.manual_seed(0)
     model = build_model(load_model_config(model_name), [BUCKETS] * FIELDS, DENSE).train()
     optimizers = OptimizerSet(model, {"optimizer": "adam", "weight_decay": 0.0}, 1e-3, dist)
