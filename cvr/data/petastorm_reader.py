@@ -10,10 +10,10 @@ row group into pandas first, opens the file twice per row group and reads throug
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import logging
-import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 
@@ -34,8 +34,9 @@ _READ_AHEAD_PER_WORKER = 3  # converted row groups waiting for the consumer
 _IN_FLIGHT_PER_WORKER = 6
 _OPEN_FILES_PER_WORKER = 8
 
-# (arrays of one row group, its index among the dataset's row groups) -> what the reader yields
-RowGroupConverter = Callable[[dict[str, np.ndarray], int], dict[str, np.ndarray]]
+# (arrays of one row group, its index among the dataset's row groups, how many times this reader handed that
+# row group out before) -> what the reader yields
+RowGroupConverter = Callable[[dict[str, np.ndarray], int, int], dict[str, np.ndarray]]
 
 
 @contextlib.contextmanager
@@ -71,13 +72,52 @@ def _batch_reader(files, columns, *, shard, shard_count, seed, shuffle, epochs, 
 
 
 class _Reader(Reader):
-    """Petastorm's Reader with more row groups in flight per worker (see _IN_FLIGHT_PER_WORKER)."""
+    """Petastorm's Reader with more row groups in flight per worker (see _IN_FLIGHT_PER_WORKER), whose stream
+    does not depend on thread timing: row groups are handed out in an order drawn from the seed per epoch,
+    numbered, and given back to the consumer in that order (_PublishedResults).
+
+    Petastorm's ventilator reshuffles its row groups each time it has to wait at the start of an epoch, so its
+    own order depends on how fast the consumer is: it hands them out unshuffled here and `_numbering` draws the
+    order instead.
+    """
 
     def _create_ventilator(self, row_group_indexes, shuffle_row_groups, shuffle_row_drop_partitions, num_epochs,
                            worker_predicate, max_ventilation_queue_size, seed):  # fmt: skip
         in_flight = max(max_ventilation_queue_size, _IN_FLIGHT_PER_WORKER * self._workers_pool.workers_count)
-        return super()._create_ventilator(row_group_indexes, shuffle_row_groups, shuffle_row_drop_partitions,
-                                          num_epochs, worker_predicate, in_flight, seed)  # fmt: skip
+        epoch_order = _seeded_epoch_order(list(row_group_indexes), seed) if shuffle_row_groups else None
+        self._workers_pool.ventilate = _numbering(self._workers_pool.ventilate, epoch_order)
+        return super()._create_ventilator(row_group_indexes, False, shuffle_row_drop_partitions, num_epochs,
+                                          worker_predicate, in_flight, seed)  # fmt: skip
+
+
+def _seeded_epoch_order(row_groups: list[int], seed) -> Callable[[int], int]:
+    """n -> the row group handed out n-th: each epoch visits every row group once, in an order drawn from
+    (seed, epoch)."""
+    orders: dict[int, np.ndarray] = {}
+
+    def row_group(n: int) -> int:
+        epoch, position = divmod(n, len(row_groups))
+        if epoch not in orders:
+            orders.clear()  # epochs are handed out in turn: only the current one is needed
+            orders[epoch] = np.random.default_rng([(seed or 0) % 2**63, epoch]).permutation(row_groups)
+        return int(orders[epoch][position])
+
+    return row_group
+
+
+def _numbering(ventilate, epoch_order: Callable[[int], int] | None):
+    """Petastorm's ventilate (called by its one ventilator thread) with the row group replaced by the seeded
+    order's (when shuffling) and `sequence` and `visit` added."""
+    sequence, visits = itertools.count(), collections.Counter()
+
+    def numbered(*args, piece_index, **kwargs):
+        n = next(sequence)
+        piece_index = piece_index if epoch_order is None else epoch_order(n)
+        visit = visits[piece_index]
+        visits[piece_index] += 1
+        ventilate(*args, piece_index=piece_index, sequence=n, visit=visit, **kwargs)
+
+    return numbered
 
 
 class _ArraysWorker(ArrowReaderWorker):
@@ -95,7 +135,7 @@ class _ArraysWorker(ArrowReaderWorker):
     def new_results_queue_reader():
         return _PublishedResults()
 
-    def process(self, piece_index, worker_predicate, shuffle_row_drop_partition):
+    def process(self, piece_index, worker_predicate, shuffle_row_drop_partition, sequence=0, visit=0):
         if worker_predicate is not None or shuffle_row_drop_partition[1] != 1:
             raise NotImplementedError("cvr's reader supports neither predicates nor row-drop partitions")
         piece = self._split_pieces[piece_index]
@@ -103,10 +143,10 @@ class _ArraysWorker(ArrowReaderWorker):
         file = self._parquet_file(piece.path)
         table = file.read_row_group(piece.row_group, columns=list(self.columns), use_threads=False)
         try:
-            converted = type(self).convert(_column_arrays(table), piece_index)
+            converted = type(self).convert(_column_arrays(table), piece_index, visit)
         except ValueError as exc:  # bad values: say which file and row group they are in
             raise ValueError(f"{piece.path} (row group {piece.row_group}): {exc}") from exc
-        self.publish_func(converted)
+        self.publish_func((sequence, converted))
 
     def _parquet_file(self, path: str):
         import pyarrow.filesystem
@@ -122,17 +162,26 @@ class _ArraysWorker(ArrowReaderWorker):
 
 
 class _PublishedResults:
-    """Hands the consumer what a worker published, as it is (Petastorm's version rebuilds a namedtuple)."""
+    """Hands the consumer the workers' row groups in the order they were handed out (Petastorm's version returns
+    them as they finish, which depends on thread timing), as they are (it would rebuild a namedtuple)."""
 
     batched_output = True
+
+    def __init__(self):
+        self._early: dict[int, dict] = {}  # finished before the row groups handed out ahead of them
+        self._next = 0
 
     def read_next(self, workers_pool, schema, ngram):
         from petastorm.workers_pool import EmptyResultError
 
-        try:
-            return workers_pool.get_results()
-        except EmptyResultError:
-            raise StopIteration from None
+        while self._next not in self._early:
+            try:
+                sequence, arrays = workers_pool.get_results()
+            except EmptyResultError:
+                raise StopIteration from None
+            self._early[sequence] = arrays
+        self._next += 1
+        return self._early.pop(self._next - 1)
 
 
 def _column_arrays(table) -> dict[str, np.ndarray]:
@@ -146,20 +195,14 @@ def _column_arrays(table) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _as_read(arrays: dict[str, np.ndarray], row_group: int) -> dict[str, np.ndarray]:
+def _as_read(arrays: dict[str, np.ndarray], row_group: int, visit: int) -> dict[str, np.ndarray]:
     return arrays
 
 
 def _shuffling(convert: Callable[..., dict[str, np.ndarray]], seed: int, rank: int) -> RowGroupConverter:
-    """A converter that permutes each row group's rows with a generator seeded by (seed, rank, row group,
-    visit): with one worker thread a seed gives the same stream every time. With several, the threads
-    may finish row groups in any order (Petastorm's), so batches may come in another order."""
-    visits: dict[int, itertools.count] = {}
-    lock = threading.Lock()
+    """A converter that permutes each row group's rows with a generator seeded by (seed, rank, row group, visit)."""
 
-    def convert_shuffled(arrays: dict[str, np.ndarray], row_group: int) -> dict[str, np.ndarray]:
-        with lock:
-            visit = next(visits.setdefault(row_group, itertools.count()))
+    def convert_shuffled(arrays: dict[str, np.ndarray], row_group: int, visit: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng([seed % 2**63, rank, row_group, visit])
         return convert(arrays, rng.permutation(_rows(arrays)))
 
@@ -187,7 +230,7 @@ def training_batches(
     a rank can never run dry before the agreed step count.
     """
     convert = convert or _take_rows
-    per_row_group = _shuffling(convert, seed, rank) if shuffle else (lambda arrays, _: convert(arrays, None))
+    per_row_group = _shuffling(convert, seed, rank) if shuffle else (lambda arrays, *_: convert(arrays, None))
     with _batch_reader(
         plan.files,
         columns,
