@@ -1,7 +1,7 @@
 """Every Petastorm call of the project lives here (design.md: one seam per distributed-runtime dependency).
 
-Petastorm plans the reading: which row groups belong to a rank's shard, their seeded order per epoch, and
-the worker threads that read them ahead. Our worker class (`_ArraysWorker`, given to Petastorm's `Reader`
+Petastorm plans the reading: which row groups belong to a rank's shard, and the worker threads that read
+them ahead; `_Reader` draws their order per epoch from the seed. Our worker class (`_ArraysWorker`, given to Petastorm's `Reader`
 as `make_batch_reader` gives its own) reads a row group and converts it to the model's arrays in that
 worker thread, so the consumer - the training loop - only slices batches. Petastorm's own worker turns a
 row group into pandas first, opens the file twice per row group and reads through a Python file object
@@ -121,7 +121,7 @@ def _numbering(ventilate, epoch_order: Callable[[int], int] | None):
 
 
 class _ArraysWorker(ArrowReaderWorker):
-    """Reads one row group per call and publishes `convert(arrays, row_group_index)`.
+    """Reads one row group per call and publishes (sequence, convert(arrays, row_group_index, visit)).
 
     Numeric columns come through Arrow's to_numpy (nulls as NaN), other types through pandas as
     Petastorm does. Local files are opened natively by path (Arrow reads them without the GIL) and
@@ -222,8 +222,8 @@ def training_batches(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Endless fixed-size batches from this rank's shard: the caller takes exactly plan.steps_per_epoch.
 
-    With `shuffle`, Petastorm visits the row groups in a seeded random order and the rows inside each
-    row group are permuted (see `_shuffling`). `convert(arrays, order)` (e.g. FeatureLayout.to_arrays)
+    With `shuffle`, the row groups come in an order drawn from the seed per epoch (see `_Reader`) and the
+    rows inside each row group are permuted (see `_shuffling`). `convert(arrays, order)` (e.g. FeatureLayout.to_arrays)
     runs once per row group, in a reader thread, and returns its rows in `order` (None: as read), so the
     shuffle is part of the one copy conversion makes anyway; a batch is then a contiguous slice of each
     array (only the batch that straddles two row groups is copied). The stream wraps around its shard, so
