@@ -53,3 +53,24 @@ def test_state_round_trip_and_bad_lr():
     assert float(state["step"]) == 1.0 and torch.equal(state["exp_avg"], opt.state[ours.weight]["exp_avg"])
     with pytest.raises(ValueError, match="lr must be > 0"):
         RowSparseAdam(ours.parameters(), lr=0.0)
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [2, 5, 9, 31],  # unique and sorted, flag dropped (what the coalescing hook hands the optimizer)
+        [9, 2, 31, 2, 5, 9],  # repeated and unsorted (what an allgather of two ranks' rows hands it)
+    ],
+)
+def test_uncoalesced_gradients_match_torch_sparse_adam(rows):
+    reference, ours = twin_embeddings()
+    opt_ref, opt_ours = torch.optim.SparseAdam(reference.parameters(), lr=0.05), RowSparseAdam(ours.parameters(), lr=0.05)  # fmt: skip
+    g = torch.Generator().manual_seed(2)
+    for _ in range(5):
+        values = torch.randn(len(rows), 6, generator=g)
+        for emb, opt in ((reference, opt_ref), (ours, opt_ours)):
+            grad = torch.sparse_coo_tensor(torch.tensor([rows]), values.clone(), emb.weight.shape)
+            assert not grad.is_coalesced()
+            emb.weight.grad = grad
+            opt.step()
+    torch.testing.assert_close(ours.weight, reference.weight, rtol=1e-5, atol=1e-6)

@@ -90,6 +90,21 @@ def _coalesce(grad: torch.Tensor) -> torch.Tensor:
     return grad.coalesce() if grad.is_sparse else grad
 
 
+def _unique_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, values) of a sparse row gradient with one entry per row, summed over duplicate ids (and ranks).
+
+    The coalescing hook's output reaches the optimizer with its coalesced flag dropped (autograd's gradient
+    accumulation rebuilds the tensor), and a second coalesce would sort the rows again: rows already strictly
+    increasing are used as they are (an O(n) check).
+    """
+    if not grad.is_coalesced():
+        rows = grad._indices()[0]
+        if rows.numel() < 2 or bool((rows[1:] > rows[:-1]).all()):
+            return rows, grad._values()
+        grad = grad.coalesce()
+    return grad.indices()[0], grad.values()
+
+
 class RowSparseAdam(torch.optim.Optimizer):
     """Adam for sparse (embedding-row) gradients: only the rows in the gradient move, as torch's SparseAdam
     (same update: m, v per row, denominator sqrt(v) + eps, step size lr * sqrt(1 - b2^t) / (1 - b1^t)).
@@ -119,9 +134,7 @@ class RowSparseAdam(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                grad = p.grad if p.grad.is_sparse else p.grad.to_sparse(1)
-                grad = grad.coalesce()  # one entry per row, summed over duplicate ids (and ranks)
-                rows, values = grad.indices()[0], grad.values()
+                rows, values = _unique_rows(p.grad if p.grad.is_sparse else p.grad.to_sparse(1))
                 state = self.state[p]
                 state["step"] += 1
                 if rows.numel() == 0:
