@@ -1,4 +1,5 @@
-"""Training-path throughput: Petastorm reader vs raw pyarrow, and ESMM / CL4CVR training on 1 and 2 ranks.
+"""Training-path throughput: Petastorm reader vs raw pyarrow, and ESMM / CL4CVR training on 1 and 2 ranks, beside
+two independent 1-rank runs side by side (the 2-rank ceiling when the gradient exchange costs nothing).
 
     .venv/bin/python bench/train/run.py [--impressions-per-day 200000] [--days 3] [--quick]
 
@@ -11,10 +12,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -89,6 +93,31 @@ def train_rate(cfg, model: str, ranks: int, threads: int, out: Path, overrides: 
     return {"samples_per_second": result.metrics["samples_per_second"], "cvr_auc": result.metrics["cvr"]["auc"]}
 
 
+def side_by_side_rate(args, model: str) -> dict:
+    """Two independent 1-rank, 1-thread trainings at once, one pinned to each of the first two cores: the
+    throughput 2 ranks would reach if their gradient exchange cost nothing (what sharing the machine's caches,
+    memory bandwidth and the reader's CPU costs is left in)."""
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    with tempfile.TemporaryDirectory(prefix="cvr-bench-solo-") as tmp:
+        procs = []
+        for core in cores:
+            cmd = [sys.executable, __file__, "--root", args.root, "--impressions-per-day", str(args.impressions_per_day),
+                   "--days", str(args.days), "--batch-size", str(args.batch_size), "--solo", model,
+                   "--output", os.path.join(tmp, f"{core}.json")]  # fmt: skip
+            procs.append(subprocess.Popen(cmd, preexec_fn=lambda core=core: os.sched_setaffinity(0, {core})))
+        if any(p.wait() != 0 for p in procs):
+            raise RuntimeError(f"side-by-side {model} run failed")
+        rates = [json.loads(Path(tmp, f"{core}.json").read_text())["samples_per_second"] for core in cores]
+    return {"samples_per_second": sum(rates), "per_process": rates}
+
+
+def _solo(cfg, model: str, output: str) -> int:
+    """One 1-rank, 1-thread training (a child of side_by_side_rate); writes its rate to `output`."""
+    result = train_rate(cfg, model, 1, 1, Path(output).parent / f"solo-{model}-{os.getpid()}")
+    Path(output).write_text(json.dumps(result))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", default=str(REPO / "data" / "bench-train"))
@@ -97,12 +126,15 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--quick", action="store_true", help="ESMM only, fewer reader batches")
     parser.add_argument("--output", default=str(REPO / "bench" / "results" / "train.json"))
+    parser.add_argument("--solo", metavar="MODEL", help=argparse.SUPPRESS)  # one side-by-side child
     args = parser.parse_args(argv)
 
     cfg = load_config(root=args.root, overrides={
         "simulate": {"days": args.days, "impressions_per_day": args.impressions_per_day},
         "train": {"epochs": 1, "batch_size": args.batch_size, "checkpoint_every_steps": 0},
     })  # fmt: skip
+    if args.solo:
+        return _solo(cfg, args.solo, args.output)
     ensure_features(cfg)
     job = prepare_job(cfg)
     out = Path(args.root) / "bench-models"
@@ -113,12 +145,14 @@ def main(argv=None) -> int:
         runs[f"{model} 1 rank x 2 threads"] = train_rate(cfg, model, 1, 2, out)
         runs[f"{model} 1 rank x 1 thread"] = train_rate(cfg, model, 1, 1, out)
         runs[f"{model} 2 ranks x 1 thread"] = train_rate(cfg, model, 2, 1, out)
+        if len(os.sched_getaffinity(0)) >= 2:
+            runs[f"{model} 2 independent 1-rank runs side by side"] = side_by_side_rate(args, model)
     # sparse embedding gradients are the default; this run is the dense-gradient comparison
     runs["esmm 1 rank x 2 threads, dense embedding grads"] = train_rate(
         cfg, "esmm", 1, 2, out, {"embedding": {"sparse": False}}
     )
     results["training"] = runs
-    fastest = max(r["samples_per_second"] for r in runs.values())
+    fastest = max(r["samples_per_second"] for name, r in runs.items() if "side by side" not in name)  # one reader each
     results["ratios"] = {
         "reader_over_pyarrow": results["reader_rows_per_s"] / results["pyarrow_rows_per_s"],
         "reader_over_fastest_training": results["reader_rows_per_s"] / fastest,
@@ -126,6 +160,14 @@ def main(argv=None) -> int:
             f"{m}_2ranks_over_1rank_1thread": runs[f"{m} 2 ranks x 1 thread"]["samples_per_second"]
             / runs[f"{m} 1 rank x 1 thread"]["samples_per_second"]
             for m in models
+        },
+        **{
+            f"{m}_side_by_side_over_1rank_1thread": runs[f"{m} 2 independent 1-rank runs side by side"][
+                "samples_per_second"
+            ]
+            / runs[f"{m} 1 rank x 1 thread"]["samples_per_second"]
+            for m in models
+            if f"{m} 2 independent 1-rank runs side by side" in runs
         },
         **{
             f"{m}_2ranks_over_1rank_2threads": runs[f"{m} 2 ranks x 1 thread"]["samples_per_second"]
