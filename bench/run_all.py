@@ -155,6 +155,7 @@ HEADLINES = (
     ("build-samples", "pipeline", ("stages", "build_samples", "rows_per_second"), "rows/s"),
     ("hash-features", "pipeline", ("stages", "hash_features", "rows_per_second"), "rows/s"),
     ("(build-samples + hash-features) / plain copy", "pipeline", ("ratio_to_copy",), "target <= 3"),
+    ("same ratio, warm JVM (last round)", "pipeline", ("steady_state_ratio_to_copy",), "for reference"),
     ("ESMM train step, batch 1024", "models", ("models", "esmm", "ms_per_1000_samples"), "ms per 1k samples"),
     ("CL4CVR step / ESMM step", "models", ("cl4cvr_over_esmm_step_time",), "target <= 2.0"),
     ("CL4CVR step / ESMM step, whole-batch contrast", "models", ("cl4cvr_whole_batch_over_esmm_step_time",), "group_size 0, for reference"),
@@ -166,6 +167,8 @@ HEADLINES = (
     ("CL4CVR training, 1 rank x 2 threads", "train", ("training", "cl4cvr 1 rank x 2 threads", "samples_per_second"), "samples/s"),
     ("ESMM 2 ranks / 1 rank (1 thread each)", "train", ("ratios", "esmm_2ranks_over_1rank_1thread"), "target >= 1.6"),
     ("CL4CVR 2 ranks / 1 rank (1 thread each)", "train", ("ratios", "cl4cvr_2ranks_over_1rank_1thread"), "target >= 1.6"),
+    ("ESMM 2 independent runs side by side / 1 rank", "train", ("ratios", "esmm_side_by_side_over_1rank_1thread"), "2-rank ceiling, free exchange"),
+    ("CL4CVR 2 independent runs side by side / 1 rank", "train", ("ratios", "cl4cvr_side_by_side_over_1rank_1thread"), "2-rank ceiling, free exchange"),
 )  # fmt: skip
 
 
