@@ -244,6 +244,25 @@ def test_stage_rerun_without_usable_impressions_removes_the_days_samples(spark, 
     assert report["counts"]["impressions"]["used"] == 0 and check_identity(report["counts"]) == []
 
 
+def test_hash_features_of_a_day_built_empty_removes_its_stale_features(spark, tmp_path):
+    from cvr.pipeline.stages import StageInputError, run_build_samples, run_hash_features
+    from cvr.storage import table_exists, write_partitions
+
+    write_events(spark, tmp_path)
+    cfg = stage_config(tmp_path)
+    run_build_samples(spark, cfg, D)
+    assert run_hash_features(spark, cfg, D)["output"]["rows"] > 0
+    malformed = [imp(f"i{k}", t(D, "10:00"), user=None) for k in range(1, 6)]
+    write_partitions(spark.createDataFrame(malformed, IMP_SCHEMA), str(tmp_path), "impressions")
+    run_build_samples(spark, cfg, D)  # every impression quarantined: the day has no samples now
+    report = run_hash_features(spark, cfg, D)
+    assert report["output"]["rows"] == 0 and report["output"]["deleted_partitions"] == [D]
+    assert not table_exists(str(tmp_path), "features")  # its only day is gone
+    assert run_hash_features(spark, cfg, D)["output"]["deleted_partitions"] == []  # a re-run: nothing left to remove
+    with pytest.raises(StageInputError, match=r"table 'samples' has no partition ds=2026-01-02"):
+        run_hash_features(spark, cfg, D1)  # never built: missing, not empty
+
+
 def test_stage_refuses_bad_input_schema_and_missing_day(spark, tmp_path):
     from cvr.pipeline.stages import StageInputError, run_build_samples
     from cvr.storage import SchemaError, write_partitions

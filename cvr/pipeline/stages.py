@@ -253,10 +253,12 @@ def _hash_features(spark, cfg: Config, ds: str) -> dict:
     spec = hashing.load_spec(resolve_spec_path(cfg.features.spec))
     source, target = cfg.features.samples_table, cfg.features.table
     root = cfg.storage.root
-    if not table_exists(root, source) or ds not in list_partitions(root, source):
-        raise StageInputError(f"hash-features: table '{source}' has no partition ds={ds} at {table_path(root, source)}; run build-samples (or ingest-aliccp) first")  # fmt: skip
     spec_file = saved_spec_path(cfg, target)
     _check_saved_spec(spec_file, spec)
+    if not table_exists(root, source) or ds not in list_partitions(root, source):
+        if not _built_without_rows(cfg, source, ds):
+            raise StageInputError(f"hash-features: table '{source}' has no partition ds={ds} at {table_path(root, source)}; run build-samples (or ingest-aliccp) first")  # fmt: skip
+        return _finish(cfg, "hash-features", ds, _empty_day_report(cfg, spec, spec_file, source, ds), started)
     samples_df = read_table(spark, root, source, ds=ds)
     features = enforce(hashing.hash_features(samples_df, spec), "features")
     rows = count_rows(root, source, ds=ds)
@@ -277,6 +279,32 @@ def _hash_features(spark, cfg: Config, ds: str) -> dict:
         "output": written,
     }
     return _finish(cfg, "hash-features", ds, report, started)
+
+
+def _built_without_rows(cfg: Config, source: str, ds: str) -> bool:
+    """True when the stage that writes `source` ran for `ds` and wrote no partition (every row was quarantined):
+    the day is known to be empty, not missing."""
+    stage = {cfg.samples.table: "build-samples", cfg.samples.aliccp_table: "ingest-aliccp"}.get(source)
+    path = report_path(cfg, stage, ds) if stage else None
+    if not path or not os.path.isfile(path):
+        return False
+    return ds not in json.loads(Path(path).read_text()).get("output", {}).get("partitions", [ds])
+
+
+def _empty_day_report(cfg: Config, spec, spec_file: Path, source: str, ds: str) -> dict:
+    """A day whose samples came out empty has no features either: an earlier run's partition is removed (it
+    was hashed from samples that no longer exist), so training never reads it."""
+    deleted = delete_partitions(cfg.storage.root, cfg.features.table, ds)
+    log.warning("hash-features ds=%s: '%s' wrote no rows for the day; features partition removed: %s", ds, source, deleted)  # fmt: skip
+    return {
+        "stage": "hash-features",
+        "ds": ds,
+        "spec": spec.source,
+        "spec_digest": spec.digest(),
+        "spec_path": str(spec_file),
+        "input_table": source,
+        "output": {"table": cfg.features.table, "partitions": [], "rows": 0, "deleted_partitions": deleted},
+    }
 
 
 def run_ingest_aliccp(spark, cfg: Config, skeleton: str, common: str, ds: str) -> dict:
