@@ -75,3 +75,25 @@ def test_task_protocol_cvr_on_clicked_rows_only():
     assert m["ctr"]["oracle_auc"] == pytest.approx(auc(truth["p_click"], truth["p_click"]))
     assert m["ctr"]["oracle_kl"] == pytest.approx(0.0, abs=1e-12)
     assert m["cvr"]["oracle_auc_all"] < 1.0  # the model's pCVR ranks the unclicked rows wrongly
+
+
+def test_improvement_knows_which_way_each_metric_improves():
+    import math
+
+    from cvr.metrics.selection import improvement, parse_selector
+
+    assert improvement("auc", 0.70, 0.68) == pytest.approx(0.02)
+    assert improvement("logloss", 0.090, 0.095) == pytest.approx(0.005)  # lower logloss is better
+    assert improvement("oracle_kl", 0.02, 0.01) < 0
+    assert improvement("calibration", 0.95, 1.20) == pytest.approx(0.15)  # |0.95 - 1| beats |1.2 - 1|
+    assert improvement("logloss", 0.1, -math.inf) == math.inf and improvement("auc", math.nan, 0.5) == -math.inf
+    assert parse_selector("ctcvr.logloss", "x") == ("ctcvr", "logloss")
+    with pytest.raises(ValueError, match=r"train.select_metric: expected TASK.METRIC .* got 'cvr.accuracy'"):
+        parse_selector("cvr.accuracy", "train.select_metric")
+
+
+def test_a_bad_select_metric_is_a_config_error_naming_the_key():
+    from cvr.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"key 'train.select_metric'.*'auc'"):
+        load_config(overrides={"train": {"select_metric": "auc"}})

@@ -52,6 +52,17 @@ def test_one_process_training_writes_an_artifact_that_reproduces_its_metrics(tab
         assert again[task]["logloss"] == pytest.approx(m[task]["logloss"], rel=1e-5)
 
 
+@pytest.mark.parametrize("selector, pick", [("ctcvr.logloss", min), ("cvr.auc", max)])
+def test_the_best_epoch_is_chosen_by_train_select_metric(table_root, tmp_path, selector, pick):
+    cfg = cfg_for(table_root, epochs=3, early_stopping_patience=3, select_metric=selector, checkpoint_every_steps=0)
+    m = run_training(cfg, output_dir=str(tmp_path / "run")).metrics
+    column = selector.replace(".", "_")
+    values = [h[column] for h in m["history"]]
+    assert len(values) == 3 and m["best_epoch"] == values.index(pick(values))
+    task, metric = selector.split(".")
+    assert m[task][metric] == pytest.approx(values[m["best_epoch"]])  # the returned model is that epoch's
+
+
 def test_two_horovod_ranks_with_uneven_shards_finish_and_agree(table_root, tmp_path):
     cfg = cfg_for(table_root, np=2, model="cl4cvr", epochs=1)
     job = prepare_job(cfg)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cvr.config import Config, ConfigError
+from cvr.metrics.selection import HIGHER_IS_BETTER, comparable, improvement
 from cvr.ops.locks import FileLock
 from cvr.ops.registry import ModelRegistry, registry_for
 from cvr.ops.state import StageState
@@ -32,7 +33,6 @@ STAGES = ("check_events", "build_samples", "hash_features", "train", "evaluate",
 EVENT_TABLES = ("impressions", "clicks", "behaviours", "conversions")
 FAIL_ENV = "CVR_NIGHTLY_FAIL_STAGE"
 DS_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-HIGHER_IS_BETTER = {"auc": True, "gauc": True, "oracle_auc": True, "logloss": False, "calibration": False}
 
 
 class NightlyError(RuntimeError):
@@ -81,9 +81,9 @@ def gate_decision(new: dict, production: dict | None, task: str, metric: str, to
         return False, f"new model has no finite {name} on the held-out day"
     if prod_value is None:
         return True, f"production model has no finite {name}; new {name} = {new_value:.5f}"
+    delta = improvement(metric, new_value, prod_value)
     if metric == "calibration":
-        new_value, prod_value, name = abs(new_value - 1), abs(prod_value - 1), f"{task} |calibration - 1|"
-    delta = new_value - prod_value if HIGHER_IS_BETTER[metric] else prod_value - new_value
+        new_value, prod_value, name = comparable(metric, new_value), comparable(metric, prod_value), f"{task} |calibration - 1|"  # fmt: skip
     detail = f"{name}: new {new_value:.5f} vs production {prod_value:.5f} (change {delta:+.5f}, tolerance {tolerance})"
     if delta < -tolerance:
         return False, f"new model worse beyond tolerance; {detail}"

@@ -17,13 +17,13 @@ import torch
 from cvr.data.layout import FeatureLayout, as_tensors
 from cvr.data.petastorm_reader import training_batches
 from cvr.data.sharding import plan_shards
+from cvr.metrics.selection import improvement, parse_selector
 from cvr.train import checkpoint as ckpt
 from cvr.train.distributed import Horovod
 from cvr.train.evaluation import predict_files, score_columns
 from cvr.train.optim import OptimizerSet
 
 log = logging.getLogger("cvr.train")
-GATE_TASK, GATE_METRIC = "cvr", "auc"
 
 
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -114,6 +114,7 @@ def train_worker(job: dict) -> dict:
         log.info("training %s: %d ranks, %d threads/rank, device %s, %d rows, %d steps/epoch x %d epochs",
                  job["model_cfg"].get("name", "model"), dist.size, threads, device, plan.total_rows,
                  plan.steps_per_epoch, tcfg["epochs"])  # fmt: skip
+    select_task, select_metric = parse_selector(tcfg.get("select_metric", "ctcvr.logloss"), "train.select_metric")
     progress = Progress(dist.is_chief, total, tcfg["batch_size"], dist.size)
     best = start["best"] or {"value": -math.inf, "epoch": -1, "state": None, "metrics": None}
     history = list(best.get("history", []))
@@ -144,12 +145,12 @@ def train_worker(job: dict) -> dict:
         progress.pause()
         stream.close()
         metrics = _validate(model, job, layout, dist, device)
-        value = metrics[GATE_TASK][GATE_METRIC]
+        value = metrics[select_task][select_metric]
         history.append({"epoch": epoch, "step": step, "train_loss": dist.mean(loss_sum / max(1, plan.steps_per_epoch - first), "loss"),
                         "samples_per_second": progress.samples_per_second, **_flat(metrics)})  # fmt: skip
         if dist.is_chief:
-            log.info("epoch %d: valid %s %s %.4f (best %.4f)", epoch, GATE_TASK, GATE_METRIC, value, best["value"])
-        if value > best["value"] or best["state"] is None:
+            log.info("epoch %d: valid %s %s %.5f (best so far %.5f)", epoch, select_task, select_metric, value, best["value"])  # fmt: skip
+        if best["state"] is None or improvement(select_metric, value, best["value"]) > 0:
             best = {"value": value, "epoch": epoch, "state": copy.deepcopy(model.state_dict()), "metrics": metrics}
             stale = 0
         else:
