@@ -149,7 +149,8 @@ def train_worker(job: dict) -> dict:
         history.append({"epoch": epoch, "step": step, "train_loss": dist.mean(loss_sum / max(1, plan.steps_per_epoch - first), "loss"),
                         "samples_per_second": progress.samples_per_second, **_flat(metrics)})  # fmt: skip
         if dist.is_chief:
-            log.info("epoch %d: valid %s %s %.5f (best so far %.5f)", epoch, select_task, select_metric, value, best["value"])  # fmt: skip
+            so_far = f"{best['value']:.5f} at epoch {best['epoch']}" if best["state"] is not None else "none yet"
+            log.info("epoch %d: valid %s %s %.5f (best so far: %s)", epoch, select_task, select_metric, value, so_far)
         if best["state"] is None or improvement(select_metric, value, best["value"]) > 0:
             best = {"value": value, "epoch": epoch, "state": copy.deepcopy(model.state_dict()), "metrics": metrics}
             stale = 0
