@@ -269,16 +269,19 @@ def _hash_features(spark, cfg: Config, ds: str) -> dict:
         features = features.coalesce(files)
     written = _write(cfg, features, target, "features")
     write_json_atomic(spec_file, json.loads(hashing.spec_to_json(spec)))
-    report = {
+    return _finish(cfg, "hash-features", ds, _hash_report(spec, spec_file, source, ds, written), started)
+
+
+def _hash_report(spec, spec_file: Path, source: str, ds: str, output: dict) -> dict:
+    return {
         "stage": "hash-features",
         "ds": ds,
         "spec": spec.source,
         "spec_digest": spec.digest(),
         "spec_path": str(spec_file),
         "input_table": source,
-        "output": written,
+        "output": output,
     }
-    return _finish(cfg, "hash-features", ds, report, started)
 
 
 def _built_without_rows(cfg: Config, source: str, ds: str) -> bool:
@@ -296,15 +299,8 @@ def _empty_day_report(cfg: Config, spec, spec_file: Path, source: str, ds: str) 
     was hashed from samples that no longer exist), so training never reads it."""
     deleted = delete_partitions(cfg.storage.root, cfg.features.table, ds)
     log.warning("hash-features ds=%s: '%s' wrote no rows for the day; features partition removed: %s", ds, source, deleted)  # fmt: skip
-    return {
-        "stage": "hash-features",
-        "ds": ds,
-        "spec": spec.source,
-        "spec_digest": spec.digest(),
-        "spec_path": str(spec_file),
-        "input_table": source,
-        "output": {"table": cfg.features.table, "partitions": [], "rows": 0, "deleted_partitions": deleted},
-    }
+    output = {"table": cfg.features.table, "partitions": [], "rows": 0, "deleted_partitions": deleted}
+    return _hash_report(spec, spec_file, source, ds, output)
 
 
 def run_ingest_aliccp(spark, cfg: Config, skeleton: str, common: str, ds: str) -> dict:
