@@ -63,6 +63,15 @@ def test_the_best_epoch_is_chosen_by_train_select_metric(table_root, tmp_path, s
     assert m[task][metric] == pytest.approx(values[m["best_epoch"]])  # the returned model is that epoch's
 
 
+def test_an_oracle_select_metric_without_a_truth_table_is_refused_before_training(table_root, tmp_path):
+    job = prepare_job(cfg_for(table_root, select_metric="cvr.oracle_kl"), output_dir=str(tmp_path / "run"))
+    job["truth"] = None  # as for real logs, which have no true probabilities
+    from cvr.train.trainer import train_worker
+
+    with pytest.raises(ValueError, match=r"train.select_metric cvr.oracle_kl needs a truth table"):
+        train_worker(job)
+
+
 def test_two_horovod_ranks_with_uneven_shards_finish_and_agree(table_root, tmp_path):
     cfg = cfg_for(table_root, np=2, model="cl4cvr", epochs=1)
     job = prepare_job(cfg)
