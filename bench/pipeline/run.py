@@ -5,8 +5,9 @@ measured in the same session (target: ratio <= 3).
 Stages run in order simulate -> copy baseline -> build-samples -> hash-features, each on every simulated day;
 the copy runs after simulate so that JVM warm-up is not charged to it. With --rounds N the copy, build-samples
 and hash-features run N times over the same days in the same session: the headline ratio is the first round's
-(a fresh spark-submit), `steady_state_ratio_to_copy` the last round's (a JIT-warm JVM), every round is kept. Also records process CPU seconds of
-the driver (the Spark JVM and Python workers are child processes: their CPU is in the children column).
+(a fresh spark-submit), `steady_state_ratio_to_copy` the last round's (a JIT-warm JVM), and every round is kept.
+Also records process CPU seconds of the driver (the Spark JVM and Python workers are child processes: their CPU
+is in the children column).
 Writes bench/results/pipeline.json and prints a table.
 
     .venv/bin/python bench/pipeline/run.py [--impressions 1000000] [--days 1] [--master local[*]] [--quick]

@@ -82,8 +82,9 @@ def gate_decision(new: dict, production: dict | None, task: str, metric: str, to
     if prod_value is None:
         return True, f"production model has no finite {name}; new {name} = {new_value:.5f}"
     delta = improvement(metric, new_value, prod_value)
+    new_value, prod_value = comparable(metric, new_value), comparable(metric, prod_value)  # as delta compares them
     if metric == "calibration":
-        new_value, prod_value, name = comparable(metric, new_value), comparable(metric, prod_value), f"{task} |calibration - 1|"  # fmt: skip
+        name = f"{task} |calibration - 1|"
     detail = f"{name}: new {new_value:.5f} vs production {prod_value:.5f} (change {delta:+.5f}, tolerance {tolerance})"
     if delta < -tolerance:
         return False, f"new model worse beyond tolerance; {detail}"

@@ -114,7 +114,7 @@ def train_worker(job: dict) -> dict:
         log.info("training %s: %d ranks, %d threads/rank, device %s, %d rows, %d steps/epoch x %d epochs",
                  job["model_cfg"].get("name", "model"), dist.size, threads, device, plan.total_rows,
                  plan.steps_per_epoch, tcfg["epochs"])  # fmt: skip
-    select_task, select_metric = parse_selector(tcfg.get("select_metric", "ctcvr.logloss"), "train.select_metric")
+    select_task, select_metric = parse_selector(tcfg["select_metric"], "train.select_metric")
     if select_metric.startswith("oracle") and not job.get("truth"):
         raise ValueError(f"train.select_metric {select_task}.{select_metric} needs a truth table for the validation days {job.get('lineage', {}).get('valid_days')}; there is none (choose a label metric such as ctcvr.logloss)")  # fmt: skip
     progress = Progress(dist.is_chief, total, tcfg["batch_size"], dist.size)
