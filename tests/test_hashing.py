@@ -61,7 +61,7 @@ def sample_rows(n: int) -> list[tuple]:
     rows = []
     for i in range(n):
         pick = lambda: rng.choice(strings)  # noqa: E731
-        price = rng.choice([None, 0.0, -3.0, 9.99, 1e6, 123.456, float(i), 1 / 3])
+        price = rng.choice([None, 0.0, -0.0, -3.0, 9.99, 1e6, 123.456, float(i), 1 / 3, -1e-7, 0.0000005, 2.5e15, float("nan"), float("inf")])  # fmt: skip
         rows.append((
             f"imp{i}", datetime(2026, 1, 1, i % 24), f"user{i % 7}", pick(), pick(), f"item{i % 5}", pick(), pick(),
             pick(), price, rng.choice([None, 0, 1, 17, -2]), pick(), i % 24,
@@ -101,6 +101,10 @@ def test_features_table_columns_and_bucket_ranges(spark, spec):
 def test_null_empty_and_cross_tokens_differ(spec):
     assert hash_values("user_city", 1, [None]) != hash_values("user_city", 1, [""])
     assert hash_values("x", 1, ["a", "bc"]) != hash_values("x", 1, ["ab", "c"])
+    assert hash_values("x", 1, [None, "a"]) != hash_values("x", 1, ["a", None])  # the null mask tells them apart
+    assert hash_values("x", 1, [3]) != hash_values("x", 1, ["3"])  # typed: a column's type is part of its ids
+    with pytest.raises(TypeError, match=r"float value 1.5 cannot be hashed consistently"):
+        hash_values("x", 1, [1.5])
     assert hash_values("x", 1, ["a"]) != hash_values("x", 2, ["a"])  # the spec seed matters
     base = {c: "v" for c in spec.raw_columns} | {"price": 1.0, "position": 1}
     assert hash_row(spec, base)["dup_key"] == hash_row(spec, dict(base))["dup_key"]
@@ -113,6 +117,28 @@ def test_identical_feature_tuples_share_dup_key(spark, spec):
     df = spark.createDataFrame([*rows, twin], SAMPLES_SCHEMA)
     keys = {r["impression_id"]: r["dup_key"] for r in hash_features(df, spec).collect()}
     assert keys["imp0"] == keys["imp0_again"] and keys["imp0"] != keys["imp1"]
+
+
+def test_chained_hash_matches_spark_over_many_columns_and_types(spark):
+    """Nulls past the first 31 positions go to a second mask; ints, longs and booleans hash as longs."""
+
+    from cvr.pipeline.hashing import _chained_hash, _spark_hash, _spark_value
+
+    width = 40
+    schema = ", ".join(f"c{i} {['string', 'int', 'bigint', 'boolean'][i % 4]}" for i in range(width))
+    samples = [["s", 7, -(2**40), True][i % 4] for i in range(width)]
+    rows = [tuple(samples), tuple(None if i in (2, 35) else v for i, v in enumerate(samples)), tuple([None] * width)]
+    df = spark.createDataFrame(rows, schema)
+    got = df.select(_spark_hash("ns", 9, [_spark_value(df, f"c{i}") for i in range(width)]).alias("h")).collect()
+    expected = [_chained_hash("ns", 9, list(row)) for row in rows]
+    assert [r["h"] for r in got] == expected and len(set(expected)) == 3
+
+
+def test_saved_spec_of_another_hash_scheme_is_refused(spec):
+    old = json.loads(spec_to_json(spec))
+    del old["hash_scheme"]  # a table saved before schemes were recorded was hashed with scheme 1
+    with pytest.raises(HashingSpecError, match=r"saved.json: hash_scheme: ids were hashed with scheme 1, this code hashes with scheme 2; re-run hash-features"):  # fmt: skip
+        spec_from_json_text(json.dumps(old), "saved.json")
 
 
 def test_spec_json_round_trip(spec):
