@@ -10,6 +10,7 @@ from cvr.config import SparkConfig
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+CODEGEN_CACHE_ENTRIES = 512
 
 
 def delta_jars_available(extra_conf: dict[str, str] | None = None) -> bool:
@@ -43,6 +44,9 @@ def build_spark(cfg: SparkConfig | None = None, app_name: str | None = None):
         .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.driver.extraJavaOptions", "-Dlog4j2.level=warn")
+        # Spark keeps 100 compiled query classes; one build-samples run generates more, so a session that runs
+        # stages again (nightly over several days, experiments, tests) recompiled and re-JITted them each time.
+        .config("spark.sql.codegen.cache.maxEntries", str(CODEGEN_CACHE_ENTRIES))
     )
     for key, value in cfg.extra_conf.items():
         builder = builder.config(key, value)

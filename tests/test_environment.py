@@ -65,6 +65,13 @@ def test_delta_is_enabled_only_with_jars(spark):
     assert spark_has_delta(spark) == delta_jars_available()
 
 
+def test_session_keeps_more_compiled_query_classes_than_sparks_default(spark):
+    from cvr.session import CODEGEN_CACHE_ENTRIES
+
+    # A static conf: it only takes effect when set before the session starts, as build_spark does.
+    assert spark.conf.get("spark.sql.codegen.cache.maxEntries") == str(CODEGEN_CACHE_ENTRIES) != "100"
+
+
 def test_cli_help_lists_subcommands():
     proc = subprocess.run([str(BIN / "cvr"), "--help"], capture_output=True, text=True, check=True)
     assert "show-config" in proc.stdout
