@@ -72,6 +72,19 @@ def test_an_oracle_select_metric_without_a_truth_table_is_refused_before_trainin
         train_worker(job)
 
 
+def test_a_warm_start_hashed_with_another_spec_is_refused(table_root, tmp_path):
+    from cvr.pipeline.hashing import table_spec_path
+
+    table_spec = json.loads(table_spec_path(str(table_root), "features").read_text())
+    artifact = tmp_path / "production"
+    artifact.mkdir()
+    (artifact / "hashing_spec.json").write_text(json.dumps(table_spec))
+    assert prepare_job(cfg_for(table_root), warm_start=str(artifact))["warm_start"] == str(artifact.resolve())
+    (artifact / "hashing_spec.json").write_text(json.dumps(table_spec | {"seed": table_spec["seed"] + 1}))
+    with pytest.raises(ValueError, match=r"warm start .*production: its hashing spec .* differs from the one features table 'features' was hashed with"):  # fmt: skip
+        prepare_job(cfg_for(table_root), warm_start=str(artifact))
+
+
 def test_two_horovod_ranks_with_uneven_shards_finish_and_agree(table_root, tmp_path):
     cfg = cfg_for(table_root, np=2, model="cl4cvr", epochs=1)
     job = prepare_job(cfg)

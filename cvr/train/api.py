@@ -43,6 +43,16 @@ def spec_for_table(root: str, table: str) -> dict:
     return json.loads(path.read_text())
 
 
+def check_warm_start(warm_start: str, spec: dict, root: str, table: str) -> None:
+    """A warm start's embeddings are indexed by the ids of its own hashing spec: starting from them on a table
+    hashed with another spec (or hashing scheme) would train on the wrong rows silently, so it is refused."""
+    saved = Path(warm_start) / "hashing_spec.json"
+    if not saved.is_file():
+        raise FileNotFoundError(f"warm start {warm_start}: no hashing_spec.json; is it a model artifact folder?")
+    if json.loads(saved.read_text()) != spec:
+        raise ValueError(f"warm start {warm_start}: its hashing spec ({saved}) differs from the one features table '{table}' was hashed with ({table_spec_path(root, table)}); its embeddings index other ids. Train from scratch (nightly.warm_start: false) or hash the table with the model's spec")  # fmt: skip
+
+
 def split_days(cfg: Config) -> tuple[list[str], list[str]]:
     """Train/validation days: from the config, else every day but the newest / the newest day."""
     root, table = cfg.storage.root, cfg.features.table
@@ -78,10 +88,13 @@ def prepare_job(cfg: Config, *, warm_start: str | None = None, output_dir: str |
     name = model_cfg.get("name", Path(cfg.train.model).stem)
     out = output_dir or cfg.train.output or str(Path(root) / "models" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     truth = tables.table_files(root, "truth", ds=valid_days) if tables.table_exists(root, "truth") else None
+    spec = spec_for_table(root, table)
+    if warm_start:
+        check_warm_start(warm_start, spec, root, table)
     job = {
         "config": cfg.to_dict(),
         "model_cfg": model_cfg,
-        "spec": spec_for_table(root, table),
+        "spec": spec,
         "train_files": tables.table_files(root, table, ds=train_days),
         "valid_files": tables.table_files(root, table, ds=valid_days),
         "truth": truth,
