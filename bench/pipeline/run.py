@@ -5,7 +5,10 @@ measured in the same session (target: ratio <= 3).
 Stages run in order simulate -> copy baseline -> build-samples -> hash-features, each on every simulated day;
 the copy runs after simulate so that JVM warm-up is not charged to it. With --rounds N the copy, build-samples
 and hash-features run N times over the same days in the same session: the headline ratio is the first round's
-(a fresh spark-submit), `steady_state_ratio_to_copy` the last round's (a JIT-warm JVM), and every round is kept.
+(the copy warm from simulate, the pipeline's operators cold), `steady_state_ratio_to_copy` the last round's (a
+JIT-warm JVM), and every round is kept. `separate_sessions_ratio_to_copy` runs each of the three once more in a
+Spark session of its own (a child process, a fresh JVM), as separate spark-submit jobs would: each stage's
+JIT warm-up is then charged to that stage alone (session start-up is not timed, for any of them).
 Also records process CPU seconds of the driver (the Spark JVM and Python workers are child processes: their CPU
 is in the children column).
 Writes bench/results/pipeline.json and prints a table.
@@ -30,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(REPO))
 RESULTS = REPO / "bench" / "results" / "pipeline.json"
 RATIO_TARGET = 3.0
+SEPARATE_STAGES = ("copy_baseline", "build_samples", "hash_features")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,7 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--root", help="table root (default: a temporary folder, removed afterwards)")
     parser.add_argument("--rounds", type=int, default=2, help="copy + build-samples + hash-features repeats")
     parser.add_argument("--quick", action="store_true", help="200k impressions: checks that the benchmark runs")
+    parser.add_argument("--no-separate-sessions", action="store_true", help="skip the fresh-JVM-per-stage round")
     parser.add_argument("--output", default=str(RESULTS))
+    parser.add_argument("--child-stage", choices=SEPARATE_STAGES, help=argparse.SUPPRESS)  # internal: one stage
     return parser.parse_args(argv)
 
 
@@ -77,15 +83,11 @@ def copy_impressions(spark, root: str, days: list[str]) -> int:
     return spark.read.parquet("file://" + target).count()
 
 
-def run(args: argparse.Namespace) -> dict:
+def _config(args: argparse.Namespace, root: str):
     from cvr.config import load_config
-    from cvr.pipeline.simulate_stage import run_simulate
-    from cvr.session import build_spark
 
     impressions = 200_000 if args.quick else args.impressions
-    per_day = impressions // args.days
-    root = args.root or tempfile.mkdtemp(prefix="cvr-bench-pipeline-")
-    cfg = load_config(
+    return load_config(
         args.config,
         root=root,
         overrides={
@@ -95,25 +97,37 @@ def run(args: argparse.Namespace) -> dict:
                 "shuffle_partitions": args.shuffle_partitions,
             },
             "storage": {"format": args.format},
-            "simulate": {"days": args.days, "impressions_per_day": per_day},
+            "simulate": {"days": args.days, "impressions_per_day": impressions // args.days},
         },
     )
-    spark = build_spark(cfg.spark, app_name="cvr-bench-pipeline")
-    try:
-        stages = {}
-        with Clock() as clock:
-            report = run_simulate(spark, cfg)
-        days = report["days"]
-        stages["simulate"] = _stage(
-            clock,
-            report["tables"]["impressions"]["rows"],
-            extra={"rows_written": sum(t["rows"] for t in report["tables"].values())},
-        )
 
-        rounds = [_round(spark, cfg, root, days) for _ in range(max(1, args.rounds))]
-        stages |= rounds[0]
+
+def run(args: argparse.Namespace) -> dict:
+    from cvr.pipeline.simulate_stage import run_simulate
+    from cvr.session import build_spark
+
+    impressions = 200_000 if args.quick else args.impressions
+    root = args.root or tempfile.mkdtemp(prefix="cvr-bench-pipeline-")
+    cfg = _config(args, root)
+    try:
+        spark = build_spark(cfg.spark, app_name="cvr-bench-pipeline")
+        try:
+            stages = {}
+            with Clock() as clock:
+                report = run_simulate(spark, cfg)
+            days = report["days"]
+            stages["simulate"] = _stage(
+                clock,
+                report["tables"]["impressions"]["rows"],
+                extra={"rows_written": sum(t["rows"] for t in report["tables"].values())},
+            )
+
+            rounds = [_round(spark, cfg, root, days) for _ in range(max(1, args.rounds))]
+            stages |= rounds[0]
+        finally:
+            spark.stop()
+        separate = None if args.no_separate_sessions else _separate_sessions(args, root)
     finally:
-        spark.stop()
         if not args.root:
             shutil.rmtree(root, ignore_errors=True)
     ratio = _ratio(rounds[0])
@@ -143,6 +157,8 @@ def run(args: argparse.Namespace) -> dict:
         "rounds": [
             {name: stage["seconds"] for name, stage in r.items()} | {"ratio": round(_ratio(r), 3)} for r in rounds
         ],
+        "separate_sessions": separate,
+        "separate_sessions_ratio_to_copy": round(_ratio(separate), 3) if separate else None,
         "ratio_target": RATIO_TARGET,
         "ratio_met": ratio <= RATIO_TARGET,
     }
@@ -157,6 +173,42 @@ def _round(spark, cfg, root: str, days: list[str]) -> dict:
         "build_samples": _per_day(spark, cfg, days, "build"),
         "hash_features": _per_day(spark, cfg, days, "hash"),
     }
+
+
+def _separate_sessions(args: argparse.Namespace, root: str) -> dict:
+    """Each stage once more, in a child process with a Spark session of its own (as its own spark-submit)."""
+    import subprocess
+
+    passed = ["--root", root, "--master", args.master, "--driver-memory", args.driver_memory,
+              "--shuffle-partitions", str(args.shuffle_partitions), "--format", args.format, "--days", str(args.days)]  # fmt: skip
+    passed += ["--config", args.config] if args.config else []
+    results = {}
+    for stage in SEPARATE_STAGES:
+        command = [sys.executable, __file__, *passed, "--child-stage", stage]
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        results[stage] = json.loads(done.stdout.strip().splitlines()[-1])
+    return results
+
+
+def run_child_stage(args: argparse.Namespace) -> dict:
+    """One stage over every day of the table root, timed after the session has started."""
+    from cvr.session import build_spark
+    from cvr.storage import list_partitions
+
+    cfg = _config(args, args.root)
+    with Clock() as start:
+        spark = build_spark(cfg.spark, app_name=f"cvr-bench-pipeline-{args.child_stage}")
+    try:
+        days = list_partitions(args.root, "impressions")
+        if args.child_stage == "copy_baseline":
+            with Clock() as clock:
+                copied = copy_impressions(spark, args.root, days)
+            stage = _stage(clock, copied)
+        else:
+            stage = _per_day(spark, cfg, days, "build" if args.child_stage == "build_samples" else "hash")
+    finally:
+        spark.stop()
+    return stage | {"session_start_seconds": round(start.seconds, 3)}
 
 
 def _ratio(stages: dict) -> float:
@@ -203,11 +255,17 @@ def print_table(result: dict) -> None:
         f"(build-samples + hash-features) / copy = {result['ratio_to_copy']:.2f} (target <= {RATIO_TARGET}: {verdict})"
     )
     print("rounds (seconds): " + "; ".join(", ".join(f"{k} {v}" for k, v in r.items()) for r in result["rounds"]))
+    if result["separate_sessions"]:
+        seconds = ", ".join(f"{k} {v['seconds']}" for k, v in result["separate_sessions"].items())
+        print(f"one session per stage (seconds): {seconds}, ratio {result['separate_sessions_ratio_to_copy']}")
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     args = parse_args(argv)
+    if args.child_stage:
+        print(json.dumps(run_child_stage(args)))
+        return 0
     result = run(args)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
