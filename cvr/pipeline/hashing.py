@@ -353,8 +353,9 @@ def hash_row(spec: HashingSpec, row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _dup_value(value: Any) -> Any:
-    """dup_key covers dense raw values too: floats rounded half-up to 6 decimals, as Spark's round(x, 6) (which
-    leaves NaN, infinities and values of 1e15 and more as they are: their 6th decimal is below a double's ulp)."""
+    """dup_key covers dense raw values too: floats rounded half-up to 6 decimals, as Spark's round(x, 6). NaN,
+    infinities and values of 1e15 and more stay as they are: there a double's step is 0.125 or more, so rounding
+    to 6 decimals changes nothing (and Decimal would need more than its 28 digits)."""
     if not isinstance(value, float) or not math.isfinite(value) or abs(value) >= DUP_FLOAT_LIMIT:
         return value
     return float(Decimal(repr(value)).quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP))
