@@ -9,8 +9,8 @@ and hash-features run N times over the same days in the same session: the headli
 JIT-warm JVM), and every round is kept. `separate_sessions_ratio_to_copy` runs each of the three once more in a
 Spark session of its own (a child process, a fresh JVM), as separate spark-submit jobs would: each stage's
 JIT warm-up is then charged to that stage alone (session start-up is not timed, for any of them).
-Also records process CPU seconds of the driver (the Spark JVM and Python workers are child processes: their CPU
-is in the children column).
+Also records the CPU seconds of the Python driver and, per stage, of the Spark JVM by thread kind (tasks, the JIT
+compilers, GC, other; from /proc): in a fresh JVM the JIT compilers take about as much CPU as the tasks.
 Writes bench/results/pipeline.json and prints a table.
 
     .venv/bin/python bench/pipeline/run.py [--impressions 1000000] [--days 1] [--master local[*]] [--quick]
@@ -55,16 +55,55 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 class Clock:
-    """Wall and CPU seconds (this process and its finished children) of one timed block."""
+    """Wall seconds, this process's CPU seconds and the Spark JVM's CPU seconds by thread kind of one timed block."""
 
     def __enter__(self):
         self.wall = time.perf_counter()
         self.cpu = _cpu()
+        self.jvm = jvm_thread_cpu()
         return self
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.wall
         self.cpu_seconds = _cpu() - self.cpu
+        after = jvm_thread_cpu()
+        self.jvm_cpu = {k: after[k] - self.jvm.get(k, 0.0) for k in after} if after and self.jvm else None
+
+
+# JVM thread names (Linux truncates them to 15 characters) -> the kind reported
+JVM_THREAD_KINDS = (("Executor task", "tasks"), ("C1 CompilerThre", "jit"), ("C2 CompilerThre", "jit"),
+                    ("GC Thread", "gc"), ("G1 ", "gc"), ("GC Conc", "gc"))  # fmt: skip
+
+
+def jvm_thread_cpu() -> dict[str, float] | None:
+    """CPU seconds so far of this process's child JVMs (the local Spark driver and executors), by thread kind:
+    tasks, jit (the JIT compilers), gc, other. Read from /proc; None where there is none (not Linux)."""
+    if not os.path.isdir("/proc/self/task"):
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    totals = dict.fromkeys(("tasks", "jit", "gc", "other"), 0.0)
+    for pid in _child_jvms():
+        for thread in os.listdir(f"/proc/{pid}/task"):
+            try:
+                raw = Path(f"/proc/{pid}/task/{thread}/stat").read_text()
+            except OSError:  # the thread ended
+                continue
+            name, fields = raw[raw.index("(") + 1 : raw.rindex(")")], raw[raw.rindex(")") + 2 :].split()
+            kind = next((k for prefix, k in JVM_THREAD_KINDS if name.startswith(prefix)), "other")
+            totals[kind] += (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    return totals
+
+
+def _child_jvms() -> list[str]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            if entry.isdigit() and int(fields[1]) == os.getpid() and Path(f"/proc/{entry}/comm").read_text().strip() == "java":  # fmt: skip
+                found.append(entry)
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
 
 
 def _cpu() -> float:
@@ -223,14 +262,17 @@ def _per_day(spark, cfg, days: list[str], which: str) -> dict:
     stage_fn = run_build_samples if which == "build" else run_hash_features
     seconds = cpu = 0.0
     rows = input_rows = 0
+    jvm: dict[str, float] | None = {}
     for ds in days:
         with Clock() as clock:
             report = stage_fn(spark, cfg, ds)
         seconds += clock.seconds
         cpu += clock.cpu_seconds
+        jvm = {k: jvm.get(k, 0.0) + v for k, v in clock.jvm_cpu.items()} if clock.jvm_cpu and jvm is not None else None
         rows += int(report["output"]["rows"])
         input_rows += sum(int(c.get("input", 0)) for c in report.get("counts", {}).values() if isinstance(c, dict))
     stage = {"seconds": round(seconds, 3), "driver_cpu_seconds": round(cpu, 3), "rows": rows}
+    stage["jvm_cpu_seconds"] = {k: round(v, 2) for k, v in jvm.items()} if jvm else None
     stage["rows_per_second"] = round(rows / seconds, 1) if seconds else None
     if input_rows:
         stage["input_rows"] = input_rows
@@ -239,6 +281,7 @@ def _per_day(spark, cfg, days: list[str], which: str) -> dict:
 
 def _stage(clock: Clock, rows: int, extra: dict | None = None) -> dict:
     stage = {"seconds": round(clock.seconds, 3), "driver_cpu_seconds": round(clock.cpu_seconds, 3), "rows": rows}
+    stage["jvm_cpu_seconds"] = {k: round(v, 2) for k, v in clock.jvm_cpu.items()} if clock.jvm_cpu else None
     stage["rows_per_second"] = round(rows / clock.seconds, 1)
     return stage | (extra or {})
 
@@ -247,9 +290,11 @@ def print_table(result: dict) -> None:
     print(
         f"pipeline benchmark: {result['setup']['impressions']:,} impressions, {result['setup']['master']}, {result['setup']['format']}"
     )
-    print(f"{'stage':<16}{'rows':>12}{'seconds':>10}{'rows/s':>12}")
+    print(f"{'stage':<16}{'rows':>12}{'seconds':>10}{'rows/s':>12}{'JVM CPU s: tasks':>18}{'jit':>6}")
     for name, stage in result["stages"].items():
-        print(f"{name:<16}{stage['rows']:>12,}{stage['seconds']:>10.1f}{stage['rows_per_second']:>12,.0f}")
+        jvm = stage.get("jvm_cpu_seconds") or {}
+        cpu = f"{jvm.get('tasks', float('nan')):>18.1f}{jvm.get('jit', float('nan')):>6.1f}"
+        print(f"{name:<16}{stage['rows']:>12,}{stage['seconds']:>10.1f}{stage['rows_per_second']:>12,.0f}{cpu}")
     verdict = "met" if result["ratio_met"] else "NOT met"
     print(
         f"(build-samples + hash-features) / copy = {result['ratio_to_copy']:.2f} (target <= {RATIO_TARGET}: {verdict})"
