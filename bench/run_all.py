@@ -157,6 +157,7 @@ HEADLINES = (
     ("(build-samples + hash-features) / plain copy", "pipeline", ("ratio_to_copy",), "target <= 3"),
     ("same ratio, warm JVM (last round)", "pipeline", ("steady_state_ratio_to_copy",), "for reference"),
     ("same ratio, one fresh Spark session per stage", "pipeline", ("separate_sessions_ratio_to_copy",), "for reference"),
+    ("build-samples JIT compiler CPU / task CPU, first round", "pipeline", ("build_samples_jit_over_task_cpu",), "for reference"),
     ("ESMM train step, batch 1024", "models", ("models", "esmm", "ms_per_1000_samples"), "ms per 1k samples"),
     ("CL4CVR step / ESMM step", "models", ("cl4cvr_over_esmm_step_time",), "target <= 2.0"),
     ("CL4CVR step / ESMM step, whole-batch contrast", "models", ("cl4cvr_whole_batch_over_esmm_step_time",), "group_size 0, for reference"),

@@ -10,7 +10,7 @@ JIT-warm JVM), and every round is kept. `separate_sessions_ratio_to_copy` runs e
 Spark session of its own (a child process, a fresh JVM), as separate spark-submit jobs would: each stage's
 JIT warm-up is then charged to that stage alone (session start-up is not timed, for any of them).
 Also records the CPU seconds of the Python driver and, per stage, of the Spark JVM by thread kind (tasks, the JIT
-compilers, GC, other; from /proc): in a fresh JVM the JIT compilers take about as much CPU as the tasks.
+compilers, GC, the rest; from /proc): in a fresh JVM the JIT compilers take about as much CPU as the tasks.
 Writes bench/results/pipeline.json and prints a table.
 
     .venv/bin/python bench/pipeline/run.py [--impressions 1000000] [--days 1] [--master local[*]] [--quick]
@@ -19,6 +19,7 @@ Writes bench/results/pipeline.json and prints a table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -60,14 +61,13 @@ class Clock:
     def __enter__(self):
         self.wall = time.perf_counter()
         self.cpu = _cpu()
-        self.jvm = jvm_thread_cpu()
+        self.jvm = jvm_cpu_snapshot()
         return self
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.wall
         self.cpu_seconds = _cpu() - self.cpu
-        after = jvm_thread_cpu()
-        self.jvm_cpu = {k: after[k] - self.jvm.get(k, 0.0) for k in after} if after and self.jvm else None
+        self.jvm_cpu = jvm_cpu_between(self.jvm, jvm_cpu_snapshot())
 
 
 # JVM thread names (Linux truncates them to 15 characters) -> the kind reported
@@ -75,34 +75,50 @@ JVM_THREAD_KINDS = (("Executor task", "tasks"), ("C1 CompilerThre", "jit"), ("C2
                     ("GC Thread", "gc"), ("G1 ", "gc"), ("GC Conc", "gc"))  # fmt: skip
 
 
-def jvm_thread_cpu() -> dict[str, float] | None:
-    """CPU seconds so far of this process's child JVMs (the local Spark driver and executors), by thread kind:
-    tasks, jit (the JIT compilers), gc, other. Read from /proc; None where there is none (not Linux)."""
+def jvm_cpu_snapshot() -> dict | None:
+    """CPU seconds so far of this process's child JVMs (the local Spark driver and executors): in all, and per
+    live thread with its kind. Read from /proc; None where there is none (not Linux)."""
     if not os.path.isdir("/proc/self/task"):
         return None
     ticks = os.sysconf("SC_CLK_TCK")
-    totals = dict.fromkeys(("tasks", "jit", "gc", "other"), 0.0)
+    total, threads = 0.0, {}
     for pid in _child_jvms():
-        for thread in os.listdir(f"/proc/{pid}/task"):
-            try:
-                raw = Path(f"/proc/{pid}/task/{thread}/stat").read_text()
-            except OSError:  # the thread ended
-                continue
-            name, fields = raw[raw.index("(") + 1 : raw.rindex(")")], raw[raw.rindex(")") + 2 :].split()
-            kind = next((k for prefix, k in JVM_THREAD_KINDS if name.startswith(prefix)), "other")
-            totals[kind] += (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
-    return totals
+        with contextlib.suppress(OSError, IndexError):  # the JVM ended
+            total += _stat_seconds(Path(f"/proc/{pid}/stat").read_text(), ticks)
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, IndexError):  # the thread ended
+                raw = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+                name = raw[raw.index("(") + 1 : raw.rindex(")")]
+                kind = next((k for prefix, k in JVM_THREAD_KINDS if name.startswith(prefix)), None)
+                threads[(pid, tid)] = (kind, _stat_seconds(raw, ticks))
+    return {"total": total, "threads": threads}
+
+
+def jvm_cpu_between(before: dict | None, after: dict | None) -> dict | None:
+    """{total, tasks, jit, gc, rest}: CPU seconds spent between two snapshots. `rest` is everything else: driver
+    threads, and threads that ended in between (the JIT's compiler threads come and go, so `jit` is a floor)."""
+    if not before or not after:
+        return None
+    spent = {"total": after["total"] - before["total"], "tasks": 0.0, "jit": 0.0, "gc": 0.0}
+    for key, (kind, seconds) in after["threads"].items():
+        if kind:
+            spent[kind] += seconds - before["threads"].get(key, (kind, 0.0))[1]
+    spent["rest"] = spent["total"] - spent["tasks"] - spent["jit"] - spent["gc"]
+    return spent
+
+
+def _stat_seconds(stat: str, ticks: int) -> float:
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
 
 
 def _child_jvms() -> list[str]:
     found = []
-    for entry in os.listdir("/proc"):
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            if entry.isdigit() and int(fields[1]) == os.getpid() and Path(f"/proc/{entry}/comm").read_text().strip() == "java":  # fmt: skip
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            if parent == os.getpid() and Path(f"/proc/{entry}/comm").read_text().strip() == "java":
                 found.append(entry)
-        except (OSError, IndexError, ValueError):
-            continue
     return found
 
 
@@ -196,6 +212,7 @@ def run(args: argparse.Namespace) -> dict:
         "rounds": [
             {name: stage["seconds"] for name, stage in r.items()} | {"ratio": round(_ratio(r), 3)} for r in rounds
         ],
+        "build_samples_jit_over_task_cpu": _jit_over_tasks(rounds[0]["build_samples"]),
         "separate_sessions": separate,
         "separate_sessions_ratio_to_copy": round(_ratio(separate), 3) if separate else None,
         "ratio_target": RATIO_TARGET,
@@ -248,6 +265,12 @@ def run_child_stage(args: argparse.Namespace) -> dict:
     finally:
         spark.stop()
     return stage | {"session_start_seconds": round(start.seconds, 3)}
+
+
+def _jit_over_tasks(stage: dict) -> float | None:
+    """JIT compiler CPU over task CPU in the Spark JVM during one stage (None without /proc)."""
+    cpu = stage.get("jvm_cpu_seconds")
+    return round(cpu["jit"] / cpu["tasks"], 3) if cpu and cpu["tasks"] > 0 else None
 
 
 def _ratio(stages: dict) -> float:
