@@ -241,7 +241,10 @@ def _separate_sessions(args: argparse.Namespace, root: str) -> dict:
     results = {}
     for stage in SEPARATE_STAGES:
         command = [sys.executable, __file__, *passed, "--child-stage", stage]
-        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+            raise RuntimeError(f"separate-session {stage} exited with {done.returncode}:\n{tail}")
         results[stage] = json.loads(done.stdout.strip().splitlines()[-1])
     return results
 
