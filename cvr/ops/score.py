@@ -128,12 +128,15 @@ def predict(spark, cfg: Config, features_df, artifact_dir: str | Path, model_ver
     return features_df.select(*needed).mapInArrow(scorer, schema)
 
 
-def check_same_spec(table_spec: Path, model_spec: Path) -> None:
+def check_same_spec(table_spec: Path, artifact_dir: Path) -> None:
     """Ids hashed with another spec would index the wrong embeddings silently; refuse instead."""
-    if table_spec.is_file() and json.loads(table_spec.read_text()) != json.loads(model_spec.read_text()):
+    from cvr.train.artifact import same_hashing_spec
+
+    if table_spec.is_file() and not same_hashing_spec(artifact_dir, json.loads(table_spec.read_text())):
         raise ScoreError(
-            f"hashing spec of the features table ({table_spec}) differs from the model's ({model_spec}); "
-            "re-hash the day with the model's spec or score with a model trained on this table"
+            f"hashing spec of the features table ({table_spec}) differs from the model's "
+            f"({artifact_dir / 'hashing_spec.json'}); re-hash the day with the model's spec or score with a model "
+            "trained on this table"
         )
 
 
@@ -150,7 +153,7 @@ def run_score(spark, cfg: Config, ds: str | list[str], model: str | None = None,
     if absent:
         raise ScoreError(f"features table '{table}' under {root}: no partition ds={', '.join(absent)}")
     artifact_dir = resolve_model(cfg, model, version)
-    check_same_spec(table_spec_path(root, table), Path(artifact_dir) / "hashing_spec.json")
+    check_same_spec(table_spec_path(root, table), Path(artifact_dir))
     model_version = model_version_of(artifact_dir)
     predictions = predict(spark, cfg, read_table(spark, root, table, ds=days), artifact_dir, model_version)
     written = write_partitions(enforce(predictions, "predictions"), root, cfg.score.table, fmt=cfg.storage.format,

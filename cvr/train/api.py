@@ -24,7 +24,7 @@ from cvr.data.layout import FeatureLayout
 from cvr.data.petastorm_reader import read_shard
 from cvr.pipeline.hashing import table_spec_path
 from cvr.storage import tables
-from cvr.train.artifact import check_artifact, load_metrics
+from cvr.train.artifact import check_artifact, load_metrics, same_hashing_spec
 from cvr.train.evaluation import collect_predictions, score_columns
 
 log = logging.getLogger("cvr.train")
@@ -49,7 +49,7 @@ def check_warm_start(warm_start: str, spec: dict, root: str, table: str) -> None
     saved = Path(warm_start) / "hashing_spec.json"
     if not saved.is_file():
         raise FileNotFoundError(f"warm start {warm_start}: no hashing_spec.json; is it a model artifact folder?")
-    if json.loads(saved.read_text()) != spec:
+    if not same_hashing_spec(warm_start, spec):
         raise ValueError(f"warm start {warm_start}: its hashing spec ({saved}) differs from the one features table '{table}' was hashed with ({table_spec_path(root, table)}); its embeddings index other ids. Train from scratch (nightly.warm_start: false) or hash the table with the model's spec")  # fmt: skip
 
 

@@ -70,6 +70,12 @@ def write_artifact(folder: Path, *, model, layout: FeatureLayout, job: dict, res
     return folder
 
 
+def same_hashing_spec(folder: str | Path, table_spec: dict) -> bool:
+    """True when the artifact in `folder` was trained on ids of `table_spec` (the spec saved beside a features
+    table): embeddings of another spec or hashing scheme index other ids."""
+    return json.loads((Path(folder) / "hashing_spec.json").read_text()) == table_spec
+
+
 def load_metrics(folder: Path) -> dict:
     path = Path(folder) / "metrics.json"
     if not path.is_file():
