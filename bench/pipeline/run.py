@@ -138,10 +138,14 @@ def copy_impressions(spark, root: str, days: list[str]) -> int:
     return spark.read.parquet("file://" + target).count()
 
 
+def _impressions(args: argparse.Namespace) -> int:
+    return 200_000 if args.quick else args.impressions
+
+
 def _config(args: argparse.Namespace, root: str):
     from cvr.config import load_config
 
-    impressions = 200_000 if args.quick else args.impressions
+    impressions = _impressions(args)
     return load_config(
         args.config,
         root=root,
@@ -161,7 +165,7 @@ def run(args: argparse.Namespace) -> dict:
     from cvr.pipeline.simulate_stage import run_simulate
     from cvr.session import build_spark
 
-    impressions = 200_000 if args.quick else args.impressions
+    impressions = _impressions(args)
     root = args.root or tempfile.mkdtemp(prefix="cvr-bench-pipeline-")
     cfg = _config(args, root)
     try:
@@ -288,17 +292,17 @@ def _per_day(spark, cfg, days: list[str], which: str) -> dict:
     stage_fn = run_build_samples if which == "build" else run_hash_features
     seconds = cpu = 0.0
     rows = input_rows = 0
-    jvm: dict[str, float] | None = {}
+    jvm_per_day = []
     for ds in days:
         with Clock() as clock:
             report = stage_fn(spark, cfg, ds)
         seconds += clock.seconds
         cpu += clock.cpu_seconds
-        jvm = {k: jvm.get(k, 0.0) + v for k, v in clock.jvm_cpu.items()} if clock.jvm_cpu and jvm is not None else None
+        jvm_per_day.append(clock.jvm_cpu)
         rows += int(report["output"]["rows"])
         input_rows += sum(int(c.get("input", 0)) for c in report.get("counts", {}).values() if isinstance(c, dict))
     stage = {"seconds": round(seconds, 3), "driver_cpu_seconds": round(cpu, 3), "rows": rows}
-    stage["jvm_cpu_seconds"] = {k: round(v, 2) for k, v in jvm.items()} if jvm else None
+    stage["jvm_cpu_seconds"] = _rounded(_summed(jvm_per_day))
     stage["rows_per_second"] = round(rows / seconds, 1) if seconds else None
     if input_rows:
         stage["input_rows"] = input_rows
@@ -307,9 +311,20 @@ def _per_day(spark, cfg, days: list[str], which: str) -> dict:
 
 def _stage(clock: Clock, rows: int, extra: dict | None = None) -> dict:
     stage = {"seconds": round(clock.seconds, 3), "driver_cpu_seconds": round(clock.cpu_seconds, 3), "rows": rows}
-    stage["jvm_cpu_seconds"] = {k: round(v, 2) for k, v in clock.jvm_cpu.items()} if clock.jvm_cpu else None
+    stage["jvm_cpu_seconds"] = _rounded(clock.jvm_cpu)
     stage["rows_per_second"] = round(rows / clock.seconds, 1)
     return stage | (extra or {})
+
+
+def _summed(cpu_by_kind: list[dict | None]) -> dict | None:
+    """Kind-wise sum of jvm_cpu_between results; None when any is unknown."""
+    if not cpu_by_kind or any(c is None for c in cpu_by_kind):
+        return None
+    return {k: sum(c[k] for c in cpu_by_kind) for k in cpu_by_kind[0]}
+
+
+def _rounded(cpu_by_kind: dict | None) -> dict | None:
+    return {k: round(v, 2) for k, v in cpu_by_kind.items()} if cpu_by_kind else None
 
 
 def print_table(result: dict) -> None:
