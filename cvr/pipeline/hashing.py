@@ -2,7 +2,8 @@
 
 A field's id is ``pmod(h, buckets)`` where ``h`` is Spark's built-in ``xxhash64`` over typed values, chained:
 XXH64 (seed 42) of the literal ``<namespace>\\x1f<spec seed>``, then of each non-null value with the previous hash
-as seed, then of int bit masks of the null positions (31 per int) (so null != "", and (null, x) != (x, null) in a cross).
+as seed, then of int bit masks of the null positions, 31 per int (so null != "", and (null, x) != (x, null) in a
+cross).
 Values hash by type: strings as their UTF-8 bytes, integers and booleans as 8-byte longs, the rounded floats of
 dup_key as 8-byte doubles. So int 3 and string "3" get different ids: a column's type is fixed by its table's
 schema. Hashing typed values is about half the CPU of building one canonical string per field (scheme 1).
