@@ -65,9 +65,20 @@ class Horovod:
             optimizer, named_parameters=model.named_parameters(), sparse_as_dense=sparse_as_dense
         )
 
-    def broadcast_state(self, model, optimizer) -> None:
+    def broadcast_parameters(self, model) -> None:
         self.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-        self.hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+
+    def broadcast_optimizer_state(self, optimizer) -> None:
+        """Rank 0's optimizer state to every rank, when rank 0 has any (a resumed run).
+
+        A fresh optimizer is the same on every rank, so there is nothing to send. Horovod would first fill an
+        empty state by stepping the optimizer on zero gradients: for Adam that step counts, so the first real
+        update's bias correction is one step off (26% smaller than one process's), and weight decay moves every
+        parameter once. Training on N ranks would then differ from one process on the same global batch.
+        """
+        has_state = torch.tensor([int(bool(optimizer.state_dict()["state"]))])
+        if int(self.hvd.broadcast(has_state, root_rank=0, name="optimizer_has_state").item()):
+            self.hvd.broadcast_optimizer_state(optimizer, root_rank=0)
 
     def mean(self, value: float, name: str) -> float:
         if self.size == 1:

@@ -74,9 +74,11 @@ class OptimizerSet:
                 opt.step()
 
     def broadcast(self, model) -> None:
+        """Rank 0's parameters and optimizer state to every rank (after a resume, rank 0's checkpoint)."""
         if self.dist.size > 1:
+            self.dist.broadcast_parameters(model)
             for opt in self.groups:
-                self.dist.broadcast_state(model, opt)
+                self.dist.broadcast_optimizer_state(opt)
 
     def state_dict(self) -> dict:
         return {f"group{i}": opt.state_dict() for i, opt in enumerate(self.groups)}
