@@ -169,9 +169,12 @@ def test_sigkill_of_one_rank_then_resume_matches_an_uninterrupted_run(table_root
     assert "resumed from ckpt-" in resumed.stderr
     full = json.loads((tmp_path / "full" / "metrics.json").read_text())
     after = json.loads((out / "metrics.json").read_text())
-    assert after["steps"] == full["steps"]
-    assert abs(after["ctr"]["auc"] - full["ctr"]["auc"]) < 0.02
-    assert abs(after["cvr"]["auc"] - full["cvr"]["auc"]) < 0.05
+    assert after["steps"] == full["steps"] and after["best_epoch"] == full["best_epoch"]
+    # The resumed run replays the same batches, optimizer state and random numbers: the same model, not a close one.
+    assert abs(after["ctr"]["auc"] - full["ctr"]["auc"]) < 1e-6
+    assert abs(after["cvr"]["auc"] - full["cvr"]["auc"]) < 1e-6
+    weights = [torch.load(folder / "weights.pt", weights_only=True) for folder in (tmp_path / "full", out)]
+    assert max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[0]) < 1e-6
 
 
 def test_rank_cores_split_the_available_cores_or_leave_ranks_unpinned():
