@@ -96,6 +96,10 @@ def test_two_horovod_ranks_with_uneven_shards_finish_and_agree(table_root, tmp_p
     assert result.metrics["world_size"] == 2
     assert result.metrics["steps"] == plan.steps_per_epoch
     assert result.metrics["ctr"]["rows"] == 8000  # evaluation covered every validation row across ranks
+    one_process = evaluate_artifact(cfg_for(table_root), result.artifact_dir)
+    for task in ("ctr", "cvr", "ctcvr"):  # the ranks' gathered predictions score as one process's do
+        for metric in ("auc", "gauc", "logloss", "calibration"):
+            assert result.metrics[task][metric] == pytest.approx(one_process[task][metric], rel=1e-6), (task, metric)
 
 
 def test_two_ranks_make_the_same_update_as_one_process_on_both_batches(tmp_path):
