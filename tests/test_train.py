@@ -136,7 +136,7 @@ def test_corrupted_and_mismatched_checkpoints_are_clear_errors(tmp_path):
 
 
 def _train_cmd(root, out, *extra):
-    return [str(BIN / "cvr"), "train", "--root", str(root), "--np", "2", "--epochs", "3", "--batch-size", "128",
+    return [str(BIN / "cvr"), "train", "--root", str(root), "--np", "2", "--model", "cl4cvr", "--epochs", "3", "--batch-size", "128",
             "--output", str(out), *extra]  # fmt: skip
 
 
@@ -150,6 +150,7 @@ def _worker_pids(out: Path) -> list[int]:
 
 
 def test_sigkill_of_one_rank_then_resume_matches_an_uninterrupted_run(table_root, tmp_path):
+    # CL4CVR: its random embedding masks must be replayed too
     config = tmp_path / "c.yaml"
     config.write_text("train:\n  checkpoint_every_steps: 15\n  lr: 0.003\n")
     baseline = subprocess.run([*_train_cmd(table_root, tmp_path / "full"), "--config", str(config)],
@@ -179,6 +180,22 @@ def test_sigkill_of_one_rank_then_resume_matches_an_uninterrupted_run(table_root
     assert abs(after["cvr"]["auc"] - full["cvr"]["auc"]) < 1e-6
     weights = [torch.load(folder / "weights.pt", weights_only=True) for folder in (tmp_path / "full", out)]
     assert max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[0]) < 1e-6
+
+
+def test_each_rank_and_step_draws_its_own_random_numbers_and_a_repeat_draws_the_same():
+    from cvr.train.trainer import seed_step, step_seed
+
+    triples = [(seed, rank, step) for seed in (0, 1, 2) for rank in range(4) for step in range(200)]
+    assert len({step_seed(*t) for t in triples}) == len(triples)
+    assert all(0 <= step_seed(*t) < 2**63 for t in triples)
+
+    def draw(rank: int, step: int) -> torch.Tensor:
+        seed_step(7, rank, step, torch.device("cpu"))
+        return torch.rand(64)
+
+    assert torch.equal(draw(0, 5), draw(0, 5))  # a resumed step draws what the interrupted one drew
+    assert not torch.equal(draw(0, 5), draw(1, 5))  # ranks mask their samples independently
+    assert not torch.equal(draw(0, 5), draw(0, 6))
 
 
 def test_rank_cores_split_the_available_cores_or_leave_ranks_unpinned():

@@ -75,6 +75,33 @@ class Progress:
         return self.steps * self.samples_per_step / max(running, 1e-9)
 
 
+_MASK64 = 2**64 - 1
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """A 63-bit seed mixed from (seed, rank, step) with splitmix64's finaliser, so nearby triples seed far apart."""
+    mixed = 0x9E3779B97F4A7C15
+    for value in (seed, rank, step):
+        mixed = ((mixed ^ (value & _MASK64)) * 0xBF58476D1CE4E5B9) & _MASK64
+        mixed = ((mixed ^ (mixed >> 27)) * 0x94D049BB133111EB) & _MASK64
+        mixed ^= mixed >> 31
+    return mixed >> 1
+
+
+def seed_step(seed: int, rank: int, step: int, device: torch.device) -> None:
+    """Seed the random draws of one training step (augmentation masks, dropout) from (seed, rank, step).
+
+    Every rank starts from the same seed, so that all build the same model; drawing the steps from it as well
+    gave every rank the same masks at the same batch positions, where one process training on the whole global
+    batch draws independent ones. Seeding per step also makes a resumed run draw what an uninterrupted one did.
+    The generators are seeded directly: torch.manual_seed costs 0.1 ms, 1% of a CPU training step.
+    """
+    value = step_seed(seed, rank, step)
+    torch.default_generator.manual_seed(value)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(value)  # the rank's device: Horovod.device() made it the current one
+
+
 def _validate(model, job, layout, dist, device) -> dict:
     columns = predict_files(
         model, job["valid_files"], layout, dist, device, workers=job["config"]["train"]["reader_workers"]
@@ -132,6 +159,7 @@ def train_worker(job: dict) -> dict:
         progress.resume()
         loss_sum = 0.0
         for step_in_epoch in range(first, plan.steps_per_epoch):
+            seed_step(tcfg["seed"], dist.rank, step, device)
             batch = _to_device(as_tensors(next(stream)), device)
             out = model(batch)
             optimizers.step(out.loss, model, tcfg["grad_clip"])
