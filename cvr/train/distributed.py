@@ -76,7 +76,7 @@ class Horovod:
         update's bias correction is one step off (26% smaller than one process's), and weight decay moves every
         parameter once. Training on N ranks would then differ from one process on the same global batch.
         """
-        has_state = torch.tensor([int(bool(optimizer.state_dict()["state"]))])
+        has_state = torch.tensor([int(bool(optimizer.state))])  # the live per-parameter state; no state_dict copy
         if int(self.hvd.broadcast(has_state, root_rank=0, name="optimizer_has_state").item()):
             self.hvd.broadcast_optimizer_state(optimizer, root_rank=0)
 
