@@ -78,6 +78,9 @@ class SamplesConfig:
     attribution_window_days: int = 1
     max_clock_skew_seconds: int = 300
     table: str = "samples"  # output of build-samples
+    # Up to this many used clicks, the day's per-impression event counts are broadcast into the samples join, so
+    # the impressions are not shuffled (about 100 bytes a row on the driver and on every executor).
+    broadcast_clicked_rows: int = 1_000_000
     aliccp_table: str = "aliccp_samples"  # output of ingest-aliccp
 
 
@@ -251,6 +254,7 @@ def _validate(cfg: Config, source: str) -> None:
         (cfg.train.lr > 0, "train.lr", "a learning rate > 0", cfg.train.lr),
         (cfg.train.optimizer in ("adam", "adagrad"), "train.optimizer", "'adam' or 'adagrad'", cfg.train.optimizer),
         (cfg.samples.attribution_window_days >= 0, "samples.attribution_window_days", "an integer >= 0", cfg.samples.attribution_window_days),
+        (cfg.samples.broadcast_clicked_rows >= 0, "samples.broadcast_clicked_rows", "an integer >= 0", cfg.samples.broadcast_clicked_rows),
     ]  # fmt: skip
     for ok, key, expected, value in checks:
         if not ok:

@@ -219,6 +219,16 @@ def test_stage_report_and_quarantine_table(spark, staged):
     assert sorted(r["reason"] for r in quarantine) == sorted(["invalid_kind_action", "no_click", "before_impression", "impression_quarantined", "null_key", "unknown_impression", "no_click", "null_required_field"])  # fmt: skip
 
 
+def test_stage_without_the_broadcast_writes_the_same_samples(spark, staged, tmp_path):
+    from cvr.config import load_config
+    from cvr.pipeline.stages import run_build_samples
+
+    write_events(spark, tmp_path)
+    cfg = load_config(root=str(tmp_path), overrides={"samples": {"broadcast_clicked_rows": 0}})
+    run_build_samples(spark, cfg, D)
+    assert read_sorted(spark, tmp_path, "samples") == staged["rows"]
+
+
 def test_cli_rerun_is_idempotent(spark, staged, capsys):
     from cvr.cli.main import main
 
@@ -318,3 +328,28 @@ def test_stage_publishes_nothing_when_the_accounting_does_not_balance(spark, tmp
     with pytest.raises(stages.UnbalancedCountsError, match=r"impressions: input 9 != accounted 8"):
         stages.run_build_samples(spark, stage_config(tmp_path), D)
     assert not table_exists(str(tmp_path), "samples") and not table_exists(str(tmp_path), "quarantine_build_samples")
+
+
+def test_small_frames_join_the_days_impressions_by_broadcast(spark, tmp_path):
+    """The bulk of a day is never shuffled to join a small frame: the repeated ids are materialised before the
+    joins are planned, and the per-impression event counts are broadcast. Spark's broadcast threshold is set
+    between the repeated ids' real size and its estimate from the input, where it used to plan a sort-merge join."""
+    from cvr.pipeline.samples import classify_parts, samples_from
+    from cvr.pipeline.stages import eager_persist
+    from cvr.storage import read_table, sql_conf
+
+    many = [imp(f"n{k}", t(D, "10:00")) for k in range(3000)]
+    write_events(spark, tmp_path, impressions=IMPRESSIONS + many)
+    imps, clicks, behaviours, conversions = (read_table(spark, str(tmp_path), name) for name in ("impressions", "clicks", "behaviours", "conversions"))  # fmt: skip
+    persisted = []
+    try:
+        with sql_conf(spark, {"spark.sql.autoBroadcastJoinThreshold": "1000"}):
+            parts = classify_parts(imps, clicks, behaviours, conversions, ds=D, window_days=1, max_skew_seconds=300, reuse=eager_persist(persisted))  # fmt: skip
+            samples_df = samples_from(parts.tables(), D, broadcast_events=True)
+            plan = samples_df._jdf.queryExecution().executedPlan().toString()
+            rows = labels(samples_df)
+    finally:
+        for df in persisted:
+            df.unpersist()
+    assert "SortMergeJoin" not in plan and plan.count("BroadcastHashJoin") >= 3
+    assert len(rows) == 5 + len(many) and rows["i1"] == (1, 1, 1, 1, 1, 1, 1, 10) and rows["i4"][0] == 0

@@ -124,8 +124,8 @@ def split_impressions(impressions, ds: str, reuse=None) -> ImpressionParts:
     own = impressions.where(F.col("ds") == F.lit(ds))
     null_key, null_required, good = _impression_flags()
     dup_ids = reuse(duplicated_impression_ids(own))
-    # No broadcast hint: dup_ids is small when repeats are rare (Spark then broadcasts it by its size), and a day
-    # with many repeats still joins, by shuffle, instead of failing to broadcast.
+    # No broadcast hint: dup_ids is small when repeats are rare (Spark then broadcasts it by its size, once `reuse`
+    # has materialised it), and a day with many repeats still joins, by shuffle, instead of failing to broadcast.
     clean = own.where(good).join(dup_ids, "impression_id", "left_anti").select(*cols, F.lit(USED).alias("_status"))
     # Every row of a repeated id is in `exceptional`, so ranking within it equals ranking over the whole day.
     flagged = own.join(dup_ids, "impression_id", "left").where(~good | F.col("_dup").isNotNull()).select(*cols)
@@ -301,7 +301,7 @@ def counts_by_status(classified: dict, inputs: dict) -> dict:
     return counts
 
 
-def _labelled_samples(impressions, clicks, behaviours, conversions, ds: str):
+def _labelled_samples(impressions, clicks, behaviours, conversions, ds: str, broadcast_events: bool):
     from pyspark.sql import functions as F
 
     used = F.col("_status") == USED
@@ -337,7 +337,10 @@ def _labelled_samples(impressions, clicks, behaviours, conversions, ds: str):
         )
     )
     counts = ["_n_clicks", "n_micro", "n_macro", "n_conversions"]
-    joined = impressions.where(used).join(per_impression, "impression_id", "left")
+    # Spark cannot size the aggregate before running it, and above its broadcast threshold it shuffles and sorts
+    # the whole day's impressions to join them: the caller, knowing the used clicks (a bound on its rows), can say.
+    events = F.broadcast(per_impression) if broadcast_events else per_impression
+    joined = impressions.where(used).join(events, "impression_id", "left")
     # One select (not a chain of withColumn, each re-analysing the whole plan): counts default to 0, labels are n > 0.
     n = {c: F.coalesce(F.col(c), F.lit(0)) for c in counts}
     derived = {
@@ -398,10 +401,11 @@ def classify_all(impressions, clicks, behaviours, conversions, ds: str, window_d
     return classify_parts(impressions, clicks, behaviours, conversions, ds, window_days, max_skew_seconds, reuse).tables()  # fmt: skip
 
 
-def samples_from(classified: dict, ds: str):
-    """The samples rows (schemas/samples.yaml) of day `ds` from classified inputs."""
+def samples_from(classified: dict, ds: str, broadcast_events: bool = False):
+    """The samples rows (schemas/samples.yaml) of day `ds` from classified inputs. `broadcast_events`: join the
+    per-impression event counts (one row per impression with a used click) by broadcast, without a shuffle."""
     c = classified
-    return _labelled_samples(c["impressions"], c["clicks"], c["behaviours"], c["conversions"], ds)
+    return _labelled_samples(c["impressions"], c["clicks"], c["behaviours"], c["conversions"], ds, broadcast_events)
 
 
 def quarantine_from(classified: dict, ds: str):

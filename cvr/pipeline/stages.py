@@ -135,6 +135,20 @@ def _even_splits(spark):
 SHORT_PLAN_STRINGS = {"spark.sql.ui.explainMode": "simple", "spark.sql.maxPlanStringLength": "8192"}
 
 
+def eager_persist(persisted: list):
+    """A `reuse` for samples.classify_parts: persist a frame (appended to `persisted`, for the caller to unpersist)
+    and materialise it at once, so that the plans built on it know its real size. Spark estimates an
+    unmaterialised aggregate (the day's repeated impression ids) from its input's size, plans a sort-merge join
+    against it, and so shuffles and sorts every impression of the day to find a few exceptional rows."""
+
+    def keep(df):
+        persisted.append(df.persist(StorageLevel.MEMORY_AND_DISK))
+        df.count()
+        return df
+
+    return keep
+
+
 def run_build_samples(spark, cfg: Config, ds: str) -> dict:
     """Build the samples partition `ds` (see _build_samples), with input splits spread evenly over the cores."""
     with _even_splits(spark), sql_conf(spark, SHORT_PLAN_STRINGS):
@@ -160,11 +174,7 @@ def _build_samples(spark, cfg: Config, ds: str) -> dict:
     for name in EVENT_TABLES:
         frames[name], read[name] = _read_days(spark, cfg, name, event_days)
     persisted = []
-
-    def keep(df):
-        persisted.append(df.persist(StorageLevel.MEMORY_AND_DISK))
-        return df
-
+    keep = eager_persist(persisted)
     steps = {}
     try:
         tick = time.time()
@@ -185,7 +195,8 @@ def _build_samples(spark, cfg: Config, ds: str) -> dict:
                 raise UnbalancedCountsError(f"build-samples ds={ds}: row accounting does not balance, nothing written: {unbalanced}")  # fmt: skip
 
         tables = classified.tables()
-        samples_df = enforce(samples.samples_from(tables, ds), "samples")
+        few_clicks = counts["clicks"][samples.USED] <= cfg.samples.broadcast_clicked_rows
+        samples_df = enforce(samples.samples_from(tables, ds, broadcast_events=few_clicks), "samples")
         written = _write_day(cfg, samples_df, cfg.samples.table, ds, "samples", before_commit=check)
         steps["write_samples"], tick = round(time.time() - tick, 3), time.time()
         # The quarantine rows come from small cached frames: one file, not one per upstream partition.
