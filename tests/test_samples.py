@@ -335,21 +335,16 @@ def test_small_frames_join_the_days_impressions_by_broadcast(spark, tmp_path):
     joins are planned, and the per-impression event counts are broadcast. Spark's broadcast threshold is set
     between the repeated ids' real size and its estimate from the input, where it used to plan a sort-merge join."""
     from cvr.pipeline.samples import classify_parts, samples_from
-    from cvr.pipeline.stages import eager_persist
+    from cvr.pipeline.stages import eagerly_persisted
     from cvr.storage import read_table, sql_conf
 
     many = [imp(f"n{k}", t(D, "10:00")) for k in range(3000)]
     write_events(spark, tmp_path, impressions=IMPRESSIONS + many)
     imps, clicks, behaviours, conversions = (read_table(spark, str(tmp_path), name) for name in ("impressions", "clicks", "behaviours", "conversions"))  # fmt: skip
-    persisted = []
-    try:
-        with sql_conf(spark, {"spark.sql.autoBroadcastJoinThreshold": "1000"}):
-            parts = classify_parts(imps, clicks, behaviours, conversions, ds=D, window_days=1, max_skew_seconds=300, reuse=eager_persist(persisted))  # fmt: skip
-            samples_df = samples_from(parts.tables(), D, broadcast_events=True)
-            plan = samples_df._jdf.queryExecution().executedPlan().toString()
-            rows = labels(samples_df)
-    finally:
-        for df in persisted:
-            df.unpersist()
+    with eagerly_persisted() as keep, sql_conf(spark, {"spark.sql.autoBroadcastJoinThreshold": "1000"}):
+        parts = classify_parts(imps, clicks, behaviours, conversions, ds=D, window_days=1, max_skew_seconds=300, reuse=keep)  # fmt: skip
+        samples_df = samples_from(parts.tables(), D, broadcast_events=True)
+        plan = samples_df._jdf.queryExecution().executedPlan().toString()
+        rows = labels(samples_df)
     assert "SortMergeJoin" not in plan and plan.count("BroadcastHashJoin") >= 3
     assert len(rows) == 5 + len(many) and rows["i1"] == (1, 1, 1, 1, 1, 1, 1, 10) and rows["i4"][0] == 0

@@ -7,6 +7,7 @@ job's day replaces only that job's rows.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -135,18 +136,24 @@ def _even_splits(spark):
 SHORT_PLAN_STRINGS = {"spark.sql.ui.explainMode": "simple", "spark.sql.maxPlanStringLength": "8192"}
 
 
-def eager_persist(persisted: list):
-    """A `reuse` for samples.classify_parts: persist a frame (appended to `persisted`, for the caller to unpersist)
-    and materialise it at once, so that the plans built on it know its real size. Spark estimates an
+@contextlib.contextmanager
+def eagerly_persisted():
+    """Yields a `reuse` for samples.classify_parts that persists a frame and materialises it at once, so that the
+    plans built on it know its real size; every frame it persisted is unpersisted on exit. Spark estimates an
     unmaterialised aggregate (the day's repeated impression ids) from its input's size, plans a sort-merge join
     against it, and so shuffles and sorts every impression of the day to find a few exceptional rows."""
+    persisted = []
 
     def keep(df):
         persisted.append(df.persist(StorageLevel.MEMORY_AND_DISK))
         df.count()
         return df
 
-    return keep
+    try:
+        yield keep
+    finally:
+        for df in persisted:
+            df.unpersist()
 
 
 def run_build_samples(spark, cfg: Config, ds: str) -> dict:
@@ -173,10 +180,8 @@ def _build_samples(spark, cfg: Config, ds: str) -> dict:
     frames, read = {"impressions": impressions}, {"impressions": imp_present}
     for name in EVENT_TABLES:
         frames[name], read[name] = _read_days(spark, cfg, name, event_days)
-    persisted = []
-    keep = eager_persist(persisted)
     steps = {}
-    try:
+    with eagerly_persisted() as keep:
         tick = time.time()
         inputs = _input_rows(frames, cfg, read)
         event_tasks = -(-sum(inputs[name] for name in EVENT_TABLES) // EVENT_ROWS_PER_TASK)
@@ -203,9 +208,6 @@ def _build_samples(spark, cfg: Config, ds: str) -> dict:
         quarantine_df = samples.quarantine_from(classified.without_clean(), ds).coalesce(1)
         quarantine = _write_quarantine(cfg, quarantine_df, samples.JOB, ds)
         steps["write_quarantine"] = round(time.time() - tick, 3)
-    finally:
-        for df in persisted:
-            df.unpersist()
     report = {
         "stage": "build-samples",
         "ds": ds,
