@@ -157,6 +157,7 @@ HEADLINES = (
     ("(build-samples + hash-features) / plain copy", "pipeline", ("ratio_to_copy",), "target <= 3"),
     ("same ratio, warm JVM (last round)", "pipeline", ("steady_state_ratio_to_copy",), "for reference"),
     ("same ratio, one fresh Spark session per stage", "pipeline", ("separate_sessions_ratio_to_copy",), "for reference"),
+    ("floor: the same two writes, no classification / plain copy, warm", "pipeline", ("steady_state_floor_ratio_to_copy",), "lower bound of the warm ratio"),
     ("build-samples JIT compiler CPU / task CPU, first round", "pipeline", ("build_samples_jit_over_task_cpu",), "for reference"),
     ("ESMM train step, batch 1024", "models", ("models", "esmm", "ms_per_1000_samples"), "ms per 1k samples"),
     ("CL4CVR step / ESMM step", "models", ("cl4cvr_over_esmm_step_time",), "target <= 2.0"),

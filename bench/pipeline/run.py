@@ -9,6 +9,8 @@ and hash-features run N times over the same days in the same session: the headli
 JIT-warm JVM), and every round is kept. `separate_sessions_ratio_to_copy` runs each of the three once more in a
 Spark session of its own (a child process, a fresh JVM), as separate spark-submit jobs would: each stage's
 JIT warm-up is then charged to that stage alone (session start-up is not timed, for any of them).
+Each round ends with the floor (floor.py): the same two writes with no classification at all, the least any
+build-samples + hash-features must take; `steady_state_floor_ratio_to_copy` is its last round's ratio to the copy.
 Also records the CPU seconds of the Python driver and, per stage, of the Spark JVM by thread kind (tasks, the JIT
 compilers, GC, the rest; from /proc): in a fresh JVM the JIT compilers take about as much CPU as the tasks.
 Writes bench/results/pipeline.json and prints a table.
@@ -213,8 +215,11 @@ def run(args: argparse.Namespace) -> dict:
         "stages": stages,
         "ratio_to_copy": round(ratio, 3),
         "steady_state_ratio_to_copy": round(_ratio(rounds[-1]), 3),
+        "steady_state_floor_ratio_to_copy": round(_floor_ratio(rounds[-1]), 3),
         "rounds": [
-            {name: stage["seconds"] for name, stage in r.items()} | {"ratio": round(_ratio(r), 3)} for r in rounds
+            {name: stage["seconds"] for name, stage in r.items()}
+            | {"ratio": round(_ratio(r), 3), "floor_ratio": round(_floor_ratio(r), 3)}
+            for r in rounds
         ],
         "build_samples_jit_over_task_cpu": _jit_over_tasks(rounds[0]["build_samples"]),
         "separate_sessions": separate,
@@ -225,13 +230,17 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _round(spark, cfg, root: str, days: list[str]) -> dict:
-    """One copy baseline, build-samples and hash-features over `days` (a re-run replaces the same partitions)."""
+    """One copy baseline, build-samples and hash-features over `days` (a re-run replaces the same partitions),
+    then the floor (floor.py): the same two writes without any classification. The floor runs last, its code
+    paths warm from the stages before it, so only the last round's floor compares like with like."""
     with Clock() as clock:
         copied = copy_impressions(spark, root, days)
     return {
         "copy_baseline": _stage(clock, copied),
         "build_samples": _per_day(spark, cfg, days, "build"),
         "hash_features": _per_day(spark, cfg, days, "hash"),
+        "floor_samples": _per_day(spark, cfg, days, "floor_samples"),
+        "floor_hash_features": _per_day(spark, cfg, days, "floor_hash"),
     }
 
 
@@ -280,16 +289,23 @@ def _jit_over_tasks(stage: dict) -> float | None:
     return round(cpu["jit"] / cpu["tasks"], 3) if cpu and cpu["tasks"] > 0 else None
 
 
-def _ratio(stages: dict) -> float:
-    pipeline_seconds = stages["build_samples"]["seconds"] + stages["hash_features"]["seconds"]
+def _ratio(stages: dict, first: str = "build_samples", second: str = "hash_features") -> float:
+    pipeline_seconds = stages[first]["seconds"] + stages[second]["seconds"]
     return pipeline_seconds / stages["copy_baseline"]["seconds"]
 
 
+def _floor_ratio(stages: dict) -> float:
+    return _ratio(stages, "floor_samples", "floor_hash_features")
+
+
 def _per_day(spark, cfg, days: list[str], which: str) -> dict:
-    """Run build-samples or hash-features for every day; rows = rows written (samples or features)."""
+    """Run build-samples, hash-features or a floor stage for every day; rows = rows written (samples or features)."""
+    from floor import hash_floor_features, write_floor_samples
+
     from cvr.pipeline.stages import run_build_samples, run_hash_features
 
-    stage_fn = run_build_samples if which == "build" else run_hash_features
+    stage_fn = {"build": run_build_samples, "hash": run_hash_features,
+                "floor_samples": write_floor_samples, "floor_hash": hash_floor_features}[which]  # fmt: skip
     seconds = cpu = 0.0
     rows = input_rows = 0
     jvm_per_day = []
@@ -340,6 +356,8 @@ def print_table(result: dict) -> None:
     print(
         f"(build-samples + hash-features) / copy = {result['ratio_to_copy']:.2f} (target <= {RATIO_TARGET}: {verdict})"
     )
+    floor = result["steady_state_floor_ratio_to_copy"]
+    print(f"floor (the same writes, no classification: floor.py) / copy, last round = {floor:.2f}")
     print("rounds (seconds): " + "; ".join(", ".join(f"{k} {v}" for k, v in r.items()) for r in result["rounds"]))
     if result["separate_sessions"]:
         seconds = ", ".join(f"{k} {v['seconds']}" for k, v in result["separate_sessions"].items())

@@ -123,7 +123,7 @@ def _input_rows(frames: dict, cfg: Config, read: dict) -> dict:
     return rows | (samples.input_counts(by_spark) if by_spark else {})
 
 
-def _even_splits(spark):
+def even_input_splits(spark):
     """Input splits small enough that each core gets several: by default Spark packs a day's files into about one
     split per core, whole files first, which on few cores can leave one task with four times the other's rows."""
     if spark.conf.get("spark.sql.files.minPartitionNum", None):
@@ -158,7 +158,7 @@ def eagerly_persisted():
 
 def run_build_samples(spark, cfg: Config, ds: str) -> dict:
     """Build the samples partition `ds` (see _build_samples), with input splits spread evenly over the cores."""
-    with _even_splits(spark), sql_conf(spark, SHORT_PLAN_STRINGS):
+    with even_input_splits(spark), sql_conf(spark, SHORT_PLAN_STRINGS):
         return _build_samples(spark, cfg, ds)
 
 
@@ -245,7 +245,7 @@ def _check_saved_spec(path: Path, spec: hashing.HashingSpec) -> None:
 
 def run_hash_features(spark, cfg: Config, ds: str) -> dict:
     """Hash samples partition `ds` into the features table and save the hashing spec beside it."""
-    with _even_splits(spark):
+    with even_input_splits(spark):
         return _hash_features(spark, cfg, ds)
 
 
