@@ -37,16 +37,12 @@ def unclassified_samples(spark, cfg, ds: str):
 
 
 def write_floor_samples(spark, cfg, ds: str) -> dict:
-    """Write unclassified_samples(ds) as the floor's samples table, as build-samples writes its own."""
-    from cvr.pipeline.stages import even_input_splits
-    from cvr.storage import load_schema, write_partitions
+    """Write unclassified_samples(ds) as the floor's samples table, with build-samples' own writer and splits."""
+    from cvr.pipeline.stages import even_input_splits, write_table
 
-    floor, storage = floor_config(cfg), cfg.storage
+    floor = floor_config(cfg)
     with even_input_splits(spark):
-        rows = unclassified_samples(spark, cfg, ds)
-        plain = load_schema("samples").plain_columns
-        written = write_partitions(rows, floor.storage.root, floor.samples.table, storage.format,
-                                   storage.row_group_rows, storage.max_rows_per_file, None, plain)  # fmt: skip
+        written = write_table(floor, unclassified_samples(spark, cfg, ds), floor.samples.table, "samples")
     return {"output": written}
 
 

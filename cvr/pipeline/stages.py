@@ -59,7 +59,7 @@ def _parse_ds(ds: str) -> dt.date:
         raise StageInputError(f"--ds: expected a date YYYY-MM-DD, got {ds!r}") from exc
 
 
-def _write(cfg: Config, df, name: str, schema: str | None = None, before_commit=None) -> dict:
+def write_table(cfg: Config, df, name: str, schema: str | None = None, before_commit=None) -> dict:
     """Write table `name`; `schema` (the contract df follows) names the columns to write without a dictionary."""
     s = cfg.storage
     plain = load_schema(schema).plain_columns if schema else ()
@@ -67,8 +67,8 @@ def _write(cfg: Config, df, name: str, schema: str | None = None, before_commit=
 
 
 def _write_day(cfg: Config, df, name: str, ds: str, schema: str | None = None, before_commit=None) -> dict:
-    """_write for one day's rows: a re-run that yields no rows for `ds` removes the earlier run's partition."""
-    written = _write(cfg, df, name, schema, before_commit)
+    """write_table for one day's rows: a re-run that yields no rows for `ds` removes the earlier run's partition."""
+    written = write_table(cfg, df, name, schema, before_commit)
     if ds not in written.get("partitions", []):
         written["deleted_partitions"] = delete_partitions(cfg.storage.root, name, ds)
     return written
@@ -280,7 +280,7 @@ def _hash_features(spark, cfg: Config, ds: str) -> dict:
     files = _training_file_count(cfg, spark.sparkContext.defaultParallelism, rows, partitions)
     if files < partitions:  # coalesce merges input splits: no shuffle
         features = features.coalesce(files)
-    written = _write(cfg, features, target, "features")
+    written = write_table(cfg, features, target, "features")
     write_json_atomic(spec_file, json.loads(hashing.spec_to_json(spec)))
     return _finish(cfg, "hash-features", ds, _hash_report(spec, spec_file, source, ds, written), started)
 
